@@ -1,0 +1,109 @@
+//! Liveness and readiness.
+//!
+//! `/health` does no I/O: it answers as long as the process serves HTTP, so a slow database
+//! never gets a healthy pod restarted. `/health/ready` checks PostgreSQL and Redis at the same
+//! time, each bounded by [`CHECK_LIMIT`], and answers 503 when either is down, so a load
+//! balancer stops sending traffic without the probe ever hanging.
+
+use std::time::Duration;
+
+use poem_openapi::{ApiResponse, Object, OpenApi, Tags, payload::Json};
+
+use super::AppState;
+
+/// Bound of one dependency check.
+pub const CHECK_LIMIT: Duration = Duration::from_secs(2);
+
+#[derive(Tags)]
+enum HealthTags {
+    /// Liveness and readiness probes.
+    Health,
+}
+
+/// Liveness answer.
+#[derive(Object)]
+pub struct Health {
+    /// Always `healthy`.
+    pub status: String,
+    /// Server time (RFC 3339).
+    pub timestamp: chrono::DateTime<chrono::Utc>,
+    /// Crate version.
+    pub version: String,
+}
+
+/// State of each dependency.
+#[derive(Object)]
+pub struct Dependencies {
+    /// `connected` or `disconnected`.
+    pub database: String,
+    /// `connected` or `disconnected`.
+    pub redis: String,
+}
+
+/// Readiness answer.
+#[derive(Object)]
+pub struct Readiness {
+    /// `ready` or `not_ready`.
+    pub status: String,
+    /// Per dependency.
+    pub dependencies: Dependencies,
+}
+
+#[derive(ApiResponse)]
+enum ReadyResponse {
+    /// Every dependency answers.
+    #[oai(status = 200)]
+    Ready(Json<Readiness>),
+    /// At least one dependency is down.
+    #[oai(status = 503)]
+    NotReady(Json<Readiness>),
+}
+
+/// `/health` and `/health/ready`.
+pub struct HealthApi {
+    /// Shared state.
+    pub state: AppState,
+}
+
+fn word(up: bool) -> String {
+    if up { "connected" } else { "disconnected" }.to_owned()
+}
+
+#[OpenApi(tag = "HealthTags::Health")]
+impl HealthApi {
+    /// Liveness: the process serves HTTP.
+    #[oai(path = "/health", method = "get", operation_id = "health")]
+    async fn health(&self) -> Json<Health> {
+        Json(Health {
+            status: "healthy".to_owned(),
+            timestamp: chrono::Utc::now(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        })
+    }
+
+    /// Readiness: PostgreSQL and Redis answer within 2 s each.
+    #[oai(path = "/health/ready", method = "get", operation_id = "health_ready")]
+    async fn ready(&self) -> ReadyResponse {
+        let (database, redis) = tokio::join!(
+            crate::db::ping(&self.state.pool, CHECK_LIMIT),
+            self.state.queue.redis().ping(CHECK_LIMIT),
+        );
+        let body = Readiness {
+            status: if database && redis {
+                "ready"
+            } else {
+                "not_ready"
+            }
+            .to_owned(),
+            dependencies: Dependencies {
+                database: word(database),
+                redis: word(redis),
+            },
+        };
+        if database && redis {
+            ReadyResponse::Ready(Json(body))
+        } else {
+            ReadyResponse::NotReady(Json(body))
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! The layers every request passes through, outermost first:
+//!
+//! 1. [`RequestContext`]: a request id (taken from `x-request-id` or generated, and returned),
+//!    a tracing span with method, route, status and latency, one access-log line.
+//! 2. [`ProblemErrors`]: every error — from a handler, poem's router, a payload parser or the
+//!    auth check — leaves as `application/problem+json`, never as poem's plain `Display` text.
+//! 3. [`Deadline`]: a request that takes longer than the configured timeout gets a 503.
+//! 4. [`BodyLimit`]: bodies over 1 MiB get a 413, whether or not they declare a length. The
+//!    excess is read and dropped (up to a bound) before answering, so the client reads the 413
+//!    instead of a reset connection.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use poem::{
+    Body, Endpoint, IntoResponse, Middleware, Request, Response, Result,
+    http::{HeaderValue, StatusCode, header},
+};
+use poem_openapi::OperationId;
+use tracing::Instrument;
+
+use super::problem::{Problem, RETRY_AFTER_SECS};
+
+/// Largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// How much of an oversized body is drained before answering 413.
+const MAX_DRAIN_BYTES: usize = 64 * 1024 * 1024;
+const REQUEST_ID: &str = "x-request-id";
+const PROBLEM_JSON: &str = "application/problem+json";
+
+/// Writes `problem` as a response.
+pub fn problem_response(problem: &Problem) -> Response {
+    let body = serde_json::json!({
+        "type": problem.kind,
+        "title": problem.title,
+        "status": problem.status,
+        "detail": problem.detail,
+    });
+    let mut response = Response::builder()
+        .status(StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .content_type(PROBLEM_JSON)
+        .body(body.to_string());
+    if problem.status == 503 {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+    }
+    response
+}
+
+/// Request id, span and access log.
+pub struct RequestContext;
+
+impl<E: Endpoint> Middleware<E> for RequestContext {
+    type Output = RequestContextEndpoint<E>;
+    fn transform(&self, ep: E) -> Self::Output {
+        RequestContextEndpoint(ep)
+    }
+}
+
+/// See [`RequestContext`].
+pub struct RequestContextEndpoint<E>(E);
+
+fn usable_request_id(value: &HeaderValue) -> Option<&str> {
+    let text = value.to_str().ok()?;
+    let ok = !text.is_empty()
+        && text.len() <= 128
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+    ok.then_some(text)
+}
+
+impl<E: Endpoint> Endpoint for RequestContextEndpoint<E> {
+    type Output = Response;
+
+    async fn call(&self, req: Request) -> Result<Self::Output> {
+        let request_id = req
+            .headers()
+            .get(REQUEST_ID)
+            .and_then(usable_request_id)
+            .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let span = tracing::info_span!(
+            "http_request",
+            request_id = %request_id,
+            method = %method,
+            route = tracing::field::Empty,
+            status = tracing::field::Empty,
+            latency_ms = tracing::field::Empty,
+        );
+        let started = Instant::now();
+        crate::metrics::requests_in_flight(1.0);
+        let result = self.0.call(req).instrument(span.clone()).await;
+        crate::metrics::requests_in_flight(-1.0);
+        let mut response = match result {
+            Ok(output) => output.into_response(),
+            Err(err) => error_to_problem(err),
+        };
+        let status = response.status().as_u16();
+        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let route = route_of(&response, &path);
+        span.record("route", route);
+        span.record("status", status);
+        span.record("latency_ms", latency_ms);
+        crate::metrics::record_request(method.as_str(), route, status, latency_ms / 1000.0);
+        span.in_scope(|| {
+            if route.starts_with("/health") || route == "/metrics" {
+                tracing::debug!("request completed");
+            } else if status >= 500 {
+                tracing::warn!("request failed");
+            } else {
+                tracing::info!("request completed");
+            }
+        });
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert(REQUEST_ID, value);
+        }
+        Ok(response)
+    }
+}
+
+/// The route template: the OpenAPI operation, a fixed path, or "unmatched" (bounded
+/// cardinality for logs and metrics).
+fn route_of(response: &Response, path: &str) -> &'static str {
+    if let Some(OperationId(id)) = response.data::<OperationId>() {
+        return id;
+    }
+    match path {
+        "/health" => "/health",
+        "/health/ready" => "/health/ready",
+        "/metrics" => "/metrics",
+        "/docs" | "/docs/" => "/docs",
+        "/openapi.json" => "/openapi.json",
+        _ => "unmatched",
+    }
+}
+
+/// Turns every error into problem+json.
+pub struct ProblemErrors;
+
+impl<E: Endpoint> Middleware<E> for ProblemErrors {
+    type Output = ProblemErrorsEndpoint<E>;
+    fn transform(&self, ep: E) -> Self::Output {
+        ProblemErrorsEndpoint(ep)
+    }
+}
+
+/// See [`ProblemErrors`].
+pub struct ProblemErrorsEndpoint<E>(E);
+
+impl<E: Endpoint> Endpoint for ProblemErrorsEndpoint<E> {
+    type Output = Response;
+
+    async fn call(&self, req: Request) -> Result<Self::Output> {
+        let response = match self.0.call(req).await {
+            Ok(output) => output.into_response(),
+            Err(err) => return Ok(error_to_problem(err)),
+        };
+        if response.status().as_u16() >= 400 && !is_problem(&response) {
+            let status = response.status().as_u16();
+            return Ok(problem_response(&Problem::new(
+                status,
+                default_detail(status),
+            )));
+        }
+        Ok(response)
+    }
+}
+
+fn is_problem(response: &Response) -> bool {
+    response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()))
+}
+
+/// The problem answer for an error that escaped a handler.
+pub fn error_to_problem(err: poem::Error) -> Response {
+    let status = err.status();
+    let code = status.as_u16();
+    let text = err.to_string();
+    // Errors raised by our handlers already carry their problem body: keep it.
+    let response = err.into_response();
+    if is_problem(&response) {
+        return response;
+    }
+    let detail = if code == 401 {
+        "a valid `Authorization: Bearer <token>` header is required".to_owned()
+    } else if code == 400 || code == 422 {
+        // Parser messages describe the client's own input (field names, expected types).
+        let mut detail: String = text.chars().take(300).collect();
+        if detail.is_empty() {
+            detail = default_detail(code).to_owned();
+        }
+        detail
+    } else if code >= 500 {
+        tracing::error!(error = %text, "unhandled error");
+        default_detail(code).to_owned()
+    } else {
+        default_detail(code).to_owned()
+    };
+    let code = if code == 422 { 400 } else { code };
+    problem_response(&Problem::new(code, detail))
+}
+
+fn default_detail(status: u16) -> &'static str {
+    match status {
+        400 => "the request is malformed",
+        401 => "a valid `Authorization: Bearer <token>` header is required",
+        404 => "no such resource",
+        405 => "method not allowed on this resource",
+        406 => "the requested media type cannot be produced",
+        411 => "a Content-Length or chunked body is required",
+        413 => "the request body is larger than 1 MiB",
+        415 => "the body must be application/json",
+        503 => "a dependency is unavailable, retry later",
+        _ if status >= 500 => "an unexpected error occurred",
+        _ => "the request cannot be served",
+    }
+}
+
+/// Per-request deadline.
+pub struct Deadline(pub Duration);
+
+impl<E: Endpoint> Middleware<E> for Deadline {
+    type Output = DeadlineEndpoint<E>;
+    fn transform(&self, ep: E) -> Self::Output {
+        DeadlineEndpoint(ep, self.0)
+    }
+}
+
+/// See [`Deadline`].
+pub struct DeadlineEndpoint<E>(E, Duration);
+
+impl<E: Endpoint> Endpoint for DeadlineEndpoint<E> {
+    type Output = Response;
+
+    async fn call(&self, req: Request) -> Result<Self::Output> {
+        match tokio::time::timeout(self.1, self.0.call(req)).await {
+            Ok(result) => result.map(IntoResponse::into_response),
+            Err(_) => {
+                tracing::warn!("request exceeded its deadline");
+                Ok(problem_response(&Problem::new(
+                    503,
+                    "the request took too long, retry later",
+                )))
+            }
+        }
+    }
+}
+
+/// Caps request bodies at [`MAX_BODY_BYTES`].
+pub struct BodyLimit;
+
+impl<E: Endpoint> Middleware<E> for BodyLimit {
+    type Output = BodyLimitEndpoint<E>;
+    fn transform(&self, ep: E) -> Self::Output {
+        BodyLimitEndpoint(ep)
+    }
+}
+
+/// See [`BodyLimit`].
+pub struct BodyLimitEndpoint<E>(E);
+
+fn too_large() -> Response {
+    let mut response = problem_response(&Problem::new(413, default_detail(413)));
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+impl<E: Endpoint> Endpoint for BodyLimitEndpoint<E> {
+    type Output = Response;
+
+    async fn call(&self, mut req: Request) -> Result<Self::Output> {
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared == Some(0) {
+            return self.0.call(req).await.map(IntoResponse::into_response);
+        }
+        if declared.is_some_and(|n| n > MAX_DRAIN_BYTES) {
+            return Ok(too_large());
+        }
+        let mut stream = req.take_body().into_bytes_stream();
+        let mut buffer = Vec::with_capacity(declared.unwrap_or(0).min(MAX_BODY_BYTES));
+        let mut seen = 0_usize;
+        while let Some(chunk) = stream.next().await {
+            let Ok(chunk) = chunk else {
+                return Ok(problem_response(&Problem::new(
+                    400,
+                    "the request body was cut off",
+                )));
+            };
+            seen += chunk.len();
+            if seen > MAX_DRAIN_BYTES {
+                return Ok(too_large());
+            }
+            if seen <= MAX_BODY_BYTES {
+                buffer.extend_from_slice(&chunk);
+            }
+        }
+        if seen > MAX_BODY_BYTES {
+            return Ok(too_large());
+        }
+        req.set_body(Body::from(buffer));
+        self.0.call(req).await.map(IntoResponse::into_response)
+    }
+}

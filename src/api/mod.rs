@@ -1,0 +1,328 @@
+//! The HTTP API: routes, shared state and the server's life cycle.
+//!
+//! [`Application::build`] does everything that can fail at start — bind the listener, create
+//! the pools, apply migrations when asked — and [`Application::run_until_stopped`] serves until
+//! the shutdown future resolves, then drains in-flight requests within the grace period. Tests
+//! build the same application on port 0, so the tested path is the production path.
+
+pub mod auth;
+pub mod enhancements;
+pub mod health;
+pub mod middleware;
+pub mod paging;
+pub mod problem;
+pub mod tenants;
+pub mod text;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use poem::{
+    EndpointExt, Route, Server,
+    endpoint::make_sync,
+    http::StatusCode,
+    listener::{Acceptor, Listener, TcpAcceptor, TcpListener},
+    middleware::{CatchPanic, SetHeader},
+};
+use poem_openapi::OpenApiService;
+use sqlx::PgPool;
+
+use crate::{
+    config::Config,
+    crypto::Cipher,
+    db,
+    queue::{Queue, RedisPool},
+    secret::SecretString,
+};
+
+/// What every handler needs, cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// PostgreSQL pool.
+    pub pool: PgPool,
+    /// The job queue.
+    pub queue: Queue,
+    /// Encrypts tenant secrets.
+    pub cipher: Arc<Cipher>,
+}
+
+/// Why the API could not start. Messages never contain secrets.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// The listen address is taken or not ours.
+    #[error("cannot listen on AI_AGENTS_BIND_ADDR ({addr})")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The database could not be set up.
+    #[error(transparent)]
+    Database(#[from] db::DbSetupError),
+    /// The Redis URL is unusable.
+    #[error("AI_AGENTS_REDIS_URL is not usable")]
+    Redis(#[source] redis::RedisError),
+    /// The encryption key is unusable.
+    #[error("AI_AGENTS_ENCRYPTION_KEY is not usable")]
+    Key,
+    /// The development key file could not be read or written.
+    #[error("cannot read or create the development encryption key in .dev/")]
+    DevKey(#[source] std::io::Error),
+}
+
+/// A built, bound, not yet serving API.
+pub struct Application {
+    acceptor: TcpAcceptor,
+    addr: SocketAddr,
+    state: AppState,
+    admin_token: SecretString,
+    config: Config,
+}
+
+/// Where the development encryption key is kept.
+fn dev_key_path() -> std::path::PathBuf {
+    std::env::var_os("AI_AGENTS_DEV_DIR")
+        .map_or_else(
+            || std::path::PathBuf::from(".dev"),
+            std::path::PathBuf::from,
+        )
+        .join("encryption.key")
+}
+
+impl Application {
+    /// Creates pools, applies migrations if configured, binds the listener.
+    pub async fn build(config: Config) -> Result<Self, StartupError> {
+        let pool = db::connect_lazy(&config.database)?;
+        if config.run_migrations {
+            db::migrate(&pool).await?;
+            tracing::info!("migrations applied");
+        }
+        let redis = RedisPool::new(&config.redis).map_err(StartupError::Redis)?;
+        let queue = Queue::new(redis, &config.redis.queue_prefix);
+        if let Err(e) = queue.ensure_group().await {
+            // Not fatal: the API serves (and reports not ready) until Redis is back.
+            tracing::warn!(
+                error = &e as &dyn std::error::Error,
+                "Redis not reachable at start"
+            );
+        }
+
+        let key = match &config.encryption_key {
+            Some(key) => key.clone(),
+            None => crate::crypto::load_or_create_dev_key(&dev_key_path())
+                .map_err(StartupError::DevKey)?,
+        };
+        let cipher = Cipher::from_base64(key.expose()).map_err(|_| StartupError::Key)?;
+        let admin_token = match &config.admin_token {
+            Some(token) => token.clone(),
+            None => {
+                let token = format!(
+                    "dev-{}{}",
+                    uuid::Uuid::new_v4().simple(),
+                    uuid::Uuid::new_v4().simple()
+                );
+                // Printed once on the terminal, deliberately not through the log pipeline.
+                eprintln!(
+                    "AI_AGENTS_ADMIN_TOKEN is not set; this development server accepts: Bearer {token}"
+                );
+                SecretString::new(token)
+            }
+        };
+
+        let acceptor = TcpListener::bind(config.bind_addr)
+            .into_acceptor()
+            .await
+            .map_err(|source| StartupError::Bind {
+                addr: config.bind_addr,
+                source,
+            })?;
+        let addr = acceptor
+            .local_addr()
+            .first()
+            .and_then(|a| a.as_socket_addr().copied())
+            .unwrap_or(config.bind_addr);
+        crate::metrics::install();
+        Ok(Self {
+            acceptor,
+            addr,
+            state: AppState {
+                pool,
+                queue,
+                cipher: Arc::new(cipher),
+            },
+            admin_token,
+            config,
+        })
+    }
+
+    /// The bound address (port 0 resolved).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The shared state (tests inspect the database and queue through it).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then lets in-flight requests finish within the grace.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> std::io::Result<()> {
+        let app = routes(self.state.clone(), self.admin_token, &self.config);
+        tracing::info!(addr = %self.addr, environment = self.config.environment.as_str(), "listening");
+        Server::new_with_acceptor(self.acceptor)
+            .idle_timeout(Duration::from_secs(75))
+            .run_with_graceful_shutdown(app, shutdown, Some(self.config.shutdown_grace))
+            .await?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// The OpenAPI service of every documented operation.
+pub fn openapi(
+    state: &AppState,
+) -> OpenApiService<
+    (
+        health::HealthApi,
+        tenants::TenantsApi,
+        enhancements::EnhancementsApi,
+    ),
+    (),
+> {
+    OpenApiService::new(
+        (
+            health::HealthApi {
+                state: state.clone(),
+            },
+            tenants::TenantsApi {
+                state: state.clone(),
+            },
+            enhancements::EnhancementsApi {
+                state: state.clone(),
+            },
+        ),
+        "ai-agents",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description(
+        "Tenant configurations and enhancement requests of the AI ticket-enhancement platform. \
+         Every /api/v1 operation needs `Authorization: Bearer <AI_AGENTS_ADMIN_TOKEN>`; every \
+         error is application/problem+json.",
+    )
+}
+
+/// Request objects that refuse unknown fields (`deny_unknown_fields`).
+const CLOSED_SCHEMAS: &[&str] = &["TenantCreate", "TenantUpdate", "EnhancementCreate"];
+
+/// The OpenAPI document as served: poem-openapi's, corrected where it under-describes what
+/// the API does. Optional properties are `null` when absent (`nullable`), and request objects
+/// that refuse unknown fields say so (`additionalProperties: false`), so generated clients and
+/// schema-driven tests see the real contract.
+pub fn openapi_document(raw: &str) -> String {
+    let Ok(mut doc) = serde_json::from_str::<serde_json::Value>(raw) else {
+        return raw.to_owned();
+    };
+    if let Some(schemas) = doc
+        .pointer_mut("/components/schemas")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        for (name, schema) in schemas.iter_mut() {
+            let required: Vec<String> = schema
+                .get("required")
+                .and_then(serde_json::Value::as_array)
+                .map(|r| {
+                    r.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if let Some(properties) = schema
+                .get_mut("properties")
+                .and_then(serde_json::Value::as_object_mut)
+            {
+                for (property, definition) in properties.iter_mut() {
+                    if !required.contains(property)
+                        && let Some(definition) = definition.as_object_mut()
+                    {
+                        definition.insert("nullable".into(), serde_json::Value::Bool(true));
+                    }
+                }
+            }
+            if CLOSED_SCHEMAS.contains(&name.as_str())
+                && let Some(schema) = schema.as_object_mut()
+            {
+                schema.insert(
+                    "additionalProperties".into(),
+                    serde_json::Value::Bool(false),
+                );
+            }
+        }
+    }
+    serde_json::to_string(&doc).unwrap_or_else(|_| raw.to_owned())
+}
+
+/// The whole HTTP surface with its middleware.
+pub fn routes(
+    state: AppState,
+    admin_token: SecretString,
+    config: &Config,
+) -> poem::endpoint::BoxEndpoint<'static> {
+    let api = openapi(&state);
+    let docs = api.swagger_ui();
+    let spec_text = Arc::new(openapi_document(&api.spec()));
+    let spec = poem::endpoint::make(move |_| {
+        let text = Arc::clone(&spec_text);
+        async move {
+            poem::Response::builder()
+                .content_type("application/json; charset=utf-8")
+                .body(text.as_str().to_owned())
+        }
+    });
+    let metrics_state = state.clone();
+    let metrics = poem::endpoint::make(move |_| {
+        let state = metrics_state.clone();
+        async move {
+            crate::metrics::set_pool(&state.pool);
+            if let Ok(stats) = tokio::time::timeout(health::CHECK_LIMIT, state.queue.stats())
+                .await
+                .unwrap_or_else(|_| {
+                    Err(crate::queue::QueueError::Redis(
+                        crate::queue::redis_pool::timeout_error(),
+                    ))
+                })
+            {
+                crate::metrics::set_queue_depth(&stats);
+            }
+            poem::Response::builder()
+                .content_type("text/plain; version=0.0.4")
+                .body(crate::metrics::render())
+        }
+    });
+    let security_headers = SetHeader::new()
+        .overriding("x-content-type-options", "nosniff")
+        .overriding("x-frame-options", "DENY")
+        .overriding("referrer-policy", "no-referrer");
+    Route::new()
+        .nest("/docs", docs)
+        .at("/openapi.json", spec)
+        .at("/metrics", metrics)
+        .at("/favicon.ico", make_sync(|_| StatusCode::NO_CONTENT))
+        .nest("/", api)
+        .data(auth::AdminToken(admin_token))
+        .with(middleware::BodyLimit)
+        .with(middleware::Deadline(config.request_timeout))
+        .with(CatchPanic::new().with_handler(|_| {
+            middleware::problem_response(&problem::Problem::new(
+                500,
+                "an unexpected error occurred",
+            ))
+        }))
+        .with(middleware::ProblemErrors)
+        .with(security_headers)
+        .with(middleware::RequestContext)
+        .boxed()
+}

@@ -1,0 +1,329 @@
+//! `/api/v1/tenants`: tenant configurations.
+//!
+//! Secrets arrive in plaintext, are encrypted before they reach the database and are never
+//! returned: [`Tenant`] has no field for them.
+
+use std::collections::BTreeMap;
+
+use poem_openapi::{ApiResponse, Object, OpenApi, Tags, param::Path, param::Query, payload::Json};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::{
+    AppState, auth::AdminAuth, paging, problem::ApiError, problem::violated_constraint, text::Text,
+};
+use crate::{
+    db::{
+        scope::{CrossTenantTx, TenantTx},
+        tenants::{self, NewTenant, TenantChanges, TenantRow, UNIQUE_TENANT_ID},
+    },
+    domain::{ServiceDeskUrl, TenantId, TenantName, storable_json},
+    secret::SecretString,
+};
+
+#[derive(Tags)]
+enum TenantTags {
+    /// Tenant configurations.
+    Tenants,
+}
+
+/// A new tenant.
+#[derive(Object)]
+#[oai(deny_unknown_fields)]
+pub struct TenantCreate {
+    /// Public id: lowercase letters, digits, `_` and `-`, starting with a letter or digit.
+    #[oai(validator(min_length = 1, max_length = 100, pattern = r"^[a-z0-9][a-z0-9_-]*$"))]
+    pub tenant_id: Text,
+    /// Display name.
+    #[oai(validator(
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    ))]
+    pub name: Text,
+    /// Base URL of the tenant's service desk (http or https).
+    #[oai(validator(
+        min_length = 1,
+        max_length = 500,
+        pattern = r"^https?://[A-Za-z0-9._~%-]+(:[0-9]{1,5})?(/\S*)?$"
+    ))]
+    pub servicedesk_url: Text,
+    /// Service desk API key; stored encrypted, never returned.
+    #[oai(validator(min_length = 1, max_length = 4096))]
+    pub servicedesk_api_key: Text,
+    /// Secret that signs the service desk's webhooks; stored encrypted, never returned.
+    #[oai(validator(min_length = 1, max_length = 4096))]
+    pub webhook_signing_secret: Text,
+    /// Free-form preferences for the enhancement logic.
+    #[oai(default)]
+    pub enhancement_preferences: BTreeMap<String, Value>,
+}
+
+/// Changes to a tenant; omitted fields keep their value. `tenant_id` cannot change.
+#[derive(Object)]
+#[oai(deny_unknown_fields)]
+pub struct TenantUpdate {
+    /// New display name.
+    #[oai(validator(
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    ))]
+    pub name: Option<Text>,
+    /// New service desk URL.
+    #[oai(validator(
+        min_length = 1,
+        max_length = 500,
+        pattern = r"^https?://[A-Za-z0-9._~%-]+(:[0-9]{1,5})?(/\S*)?$"
+    ))]
+    pub servicedesk_url: Option<Text>,
+    /// A rotated API key.
+    #[oai(validator(min_length = 1, max_length = 4096))]
+    pub servicedesk_api_key: Option<Text>,
+    /// A rotated webhook signing secret.
+    #[oai(validator(min_length = 1, max_length = 4096))]
+    pub webhook_signing_secret: Option<Text>,
+    /// New preferences (replace the old ones).
+    pub enhancement_preferences: Option<BTreeMap<String, Value>>,
+}
+
+/// A tenant as the API shows it: no secrets.
+#[derive(Object)]
+pub struct Tenant {
+    /// Internal id.
+    pub id: Uuid,
+    /// Public id.
+    pub tenant_id: String,
+    /// Display name.
+    pub name: String,
+    /// Service desk base URL.
+    pub servicedesk_url: String,
+    /// Preferences.
+    pub enhancement_preferences: Value,
+    /// Whether the tenant is active.
+    pub is_active: bool,
+    /// Creation time.
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// Last change.
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl From<TenantRow> for Tenant {
+    fn from(row: TenantRow) -> Self {
+        Self {
+            id: row.id,
+            tenant_id: row.tenant_id,
+            name: row.name,
+            servicedesk_url: row.servicedesk_url,
+            enhancement_preferences: row.enhancement_preferences,
+            is_active: row.is_active,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        }
+    }
+}
+
+/// One page of tenants.
+#[derive(Object)]
+pub struct TenantPage {
+    /// Tenants ordered by `tenant_id`.
+    pub items: Vec<Tenant>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(ApiResponse)]
+enum Created {
+    /// The tenant was created.
+    #[oai(status = 201)]
+    Created(Json<Tenant>),
+}
+
+#[derive(ApiResponse)]
+enum Deleted {
+    /// The tenant and its history were deleted.
+    #[oai(status = 204)]
+    Deleted,
+}
+
+/// Tenant endpoints.
+pub struct TenantsApi {
+    /// Shared state.
+    pub state: AppState,
+}
+
+fn not_found(tenant: &str) -> ApiError {
+    ApiError::not_found(format!("tenant `{tenant}` does not exist"))
+}
+
+/// Parses a tenant id from a path: one that cannot exist is simply not found.
+fn path_tenant(raw: &str) -> Result<TenantId, ApiError> {
+    TenantId::parse(raw).map_err(|_| not_found(raw))
+}
+
+impl TenantsApi {
+    fn encrypt(&self, value: impl Into<String>) -> Result<String, ApiError> {
+        self.state
+            .cipher
+            .encrypt(&SecretString::new(value))
+            .map_err(|_| ApiError::internal())
+    }
+}
+
+#[OpenApi(prefix_path = "/api/v1", tag = "TenantTags::Tenants")]
+impl TenantsApi {
+    /// Create a tenant.
+    #[oai(path = "/tenants", method = "post", operation_id = "create_tenant")]
+    async fn create(
+        &self,
+        _auth: AdminAuth,
+        body: Json<TenantCreate>,
+    ) -> Result<Created, ApiError> {
+        let body = body.0;
+        let tenant = TenantId::parse(body.tenant_id.as_ref())?;
+        let name = TenantName::parse(body.name.as_ref())?;
+        let url = ServiceDeskUrl::parse(body.servicedesk_url.as_ref())?;
+        let api_key = self.encrypt(body.servicedesk_api_key.into_inner())?;
+        let webhook = self.encrypt(body.webhook_signing_secret.into_inner())?;
+        let preferences = Value::Object(body.enhancement_preferences.into_iter().collect());
+        storable_json("enhancement_preferences", &preferences)?;
+        let mut tx = TenantTx::begin(&self.state.pool, &tenant).await?;
+        let new = NewTenant {
+            name: name.as_str(),
+            servicedesk_url: url.as_str(),
+            servicedesk_api_key_encrypted: &api_key,
+            webhook_signing_secret_encrypted: &webhook,
+            enhancement_preferences: &preferences,
+        };
+        let row = match tenants::insert(&mut tx, &new).await {
+            Ok(row) => row,
+            Err(e) if violated_constraint(&e) == Some(UNIQUE_TENANT_ID) => {
+                return Err(ApiError::conflict(format!(
+                    "tenant `{tenant}` already exists"
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        tx.commit().await?;
+        tracing::info!(tenant_id = %tenant, "tenant created");
+        Ok(Created::Created(Json(row.into())))
+    }
+
+    /// List tenants, ordered by `tenant_id`, with keyset paging.
+    #[oai(path = "/tenants", method = "get", operation_id = "list_tenants")]
+    async fn list(
+        &self,
+        _auth: AdminAuth,
+        /// Page size, 1–100.
+        #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
+        limit: Query<Option<i64>>,
+        /// `next_cursor` of the previous page.
+        cursor: Query<Option<String>>,
+    ) -> Result<Json<TenantPage>, ApiError> {
+        let limit = limit.0.unwrap_or(paging::DEFAULT_LIMIT);
+        let after = paging::non_empty(cursor.0.as_deref())
+            .map(paging::parse_tenant_cursor)
+            .transpose()?;
+        let mut tx = CrossTenantTx::begin(&self.state.pool).await?;
+        let mut rows = tenants::list(&mut tx, after.as_deref(), limit + 1).await?;
+        tx.finish().await?;
+        let more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
+        rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        let next_cursor = if more {
+            rows.last().map(|r| paging::tenant_cursor(&r.tenant_id))
+        } else {
+            None
+        };
+        Ok(Json(TenantPage {
+            items: rows.into_iter().map(Into::into).collect(),
+            next_cursor,
+        }))
+    }
+
+    /// Get one tenant.
+    #[oai(
+        path = "/tenants/:tenant_id",
+        method = "get",
+        operation_id = "get_tenant"
+    )]
+    async fn get(
+        &self,
+        _auth: AdminAuth,
+        tenant_id: Path<String>,
+    ) -> Result<Json<Tenant>, ApiError> {
+        let tenant = path_tenant(&tenant_id.0)?;
+        let mut tx = TenantTx::begin(&self.state.pool, &tenant).await?;
+        let row = tenants::get(&mut tx)
+            .await?
+            .ok_or_else(|| not_found(&tenant_id.0))?;
+        tx.commit().await?;
+        Ok(Json(row.into()))
+    }
+
+    /// Change a tenant; secrets can be rotated.
+    #[oai(
+        path = "/tenants/:tenant_id",
+        method = "patch",
+        operation_id = "update_tenant"
+    )]
+    async fn update(
+        &self,
+        _auth: AdminAuth,
+        tenant_id: Path<String>,
+        body: Json<TenantUpdate>,
+    ) -> Result<Json<Tenant>, ApiError> {
+        let tenant = path_tenant(&tenant_id.0)?;
+        let body = body.0;
+        let name = body.name.as_deref().map(TenantName::parse).transpose()?;
+        let url = body
+            .servicedesk_url
+            .as_deref()
+            .map(ServiceDeskUrl::parse)
+            .transpose()?;
+        let api_key = body
+            .servicedesk_api_key
+            .map(|v| self.encrypt(v))
+            .transpose()?;
+        let webhook = body
+            .webhook_signing_secret
+            .map(|v| self.encrypt(v))
+            .transpose()?;
+        let preferences = body
+            .enhancement_preferences
+            .map(|p| Value::Object(p.into_iter().collect()));
+        if let Some(preferences) = &preferences {
+            storable_json("enhancement_preferences", preferences)?;
+        }
+        let changes = TenantChanges {
+            name: name.as_ref().map(TenantName::as_str),
+            servicedesk_url: url.as_ref().map(ServiceDeskUrl::as_str),
+            servicedesk_api_key_encrypted: api_key.as_deref(),
+            webhook_signing_secret_encrypted: webhook.as_deref(),
+            enhancement_preferences: preferences.as_ref(),
+        };
+        let mut tx = TenantTx::begin(&self.state.pool, &tenant).await?;
+        let row = tenants::update(&mut tx, &changes)
+            .await?
+            .ok_or_else(|| not_found(&tenant_id.0))?;
+        tx.commit().await?;
+        tracing::info!(tenant_id = %tenant, "tenant updated");
+        Ok(Json(row.into()))
+    }
+
+    /// Delete a tenant and its enhancement history.
+    #[oai(
+        path = "/tenants/:tenant_id",
+        method = "delete",
+        operation_id = "delete_tenant"
+    )]
+    async fn delete(&self, _auth: AdminAuth, tenant_id: Path<String>) -> Result<Deleted, ApiError> {
+        let tenant = path_tenant(&tenant_id.0)?;
+        let mut tx = TenantTx::begin(&self.state.pool, &tenant).await?;
+        if !tenants::delete(&mut tx).await? {
+            return Err(not_found(&tenant_id.0));
+        }
+        tx.commit().await?;
+        tracing::info!(tenant_id = %tenant, "tenant deleted");
+        Ok(Deleted::Deleted)
+    }
+}

@@ -1,0 +1,601 @@
+//! Configuration from the environment (then `.env`; the real environment wins).
+//!
+//! Every variable of the contract is read once at start into [`Config`]. Parsing is done by
+//! `envconfig`; the rules that span several variables (defaults that depend on the environment,
+//! secrets that are required outside development, limits that must be ordered) live in
+//! [`Config::from_raw`]. An error names the variable and never repeats its value, because the
+//! value may be a secret.
+
+use std::{collections::HashMap, fmt, net::SocketAddr, str::FromStr, time::Duration};
+
+use envconfig::Envconfig;
+
+use crate::secret::SecretString;
+
+/// Where the process runs; decides defaults and which secrets are mandatory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    /// A developer's machine: local services, generated secrets, pretty logs.
+    Development,
+    /// Automated tests: like production, but the test harness provides everything.
+    Test,
+    /// A real deployment: no defaults for secrets, JSON logs.
+    Production,
+}
+
+impl Environment {
+    /// The name used in logs and configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Development => "development",
+            Self::Test => "test",
+            Self::Production => "production",
+        }
+    }
+}
+
+impl FromStr for Environment {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "development" => Ok(Self::Development),
+            "test" => Ok(Self::Test),
+            "production" => Ok(Self::Production),
+            _ => Err(()),
+        }
+    }
+}
+
+/// Shape of log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line, for machines.
+    Json,
+    /// Coloured multi-field lines, for people.
+    Pretty,
+}
+
+impl FromStr for LogFormat {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "json" => Ok(Self::Json),
+            "pretty" => Ok(Self::Pretty),
+            _ => Err(()),
+        }
+    }
+}
+
+/// A boolean that also accepts the spellings people put in `.env` files.
+#[derive(Debug, Clone, Copy)]
+struct Flag(bool);
+
+impl FromStr for Flag {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok(Self(true)),
+            "false" | "0" | "no" | "off" => Ok(Self(false)),
+            _ => Err(()),
+        }
+    }
+}
+
+/// The development database the project's dev-services script creates.
+pub const DEV_DATABASE_URL: &str =
+    "postgres://ai_agents_owner:ai_agents_owner@127.0.0.1:55432/ai_agents";
+/// The development Redis the project's dev-services script starts.
+pub const DEV_REDIS_URL: &str = "redis://127.0.0.1:56379";
+
+/// The variables exactly as envconfig parses them; cross-field rules come after.
+#[derive(Envconfig)]
+struct RawConfig {
+    #[envconfig(from = "AI_AGENTS_ENVIRONMENT", default = "development")]
+    environment: Environment,
+    #[envconfig(from = "AI_AGENTS_LOG_LEVEL", default = "info")]
+    log_level: String,
+    #[envconfig(from = "AI_AGENTS_LOG_FORMAT")]
+    log_format: Option<String>,
+    #[envconfig(from = "AI_AGENTS_BIND_ADDR", default = "0.0.0.0:8000")]
+    bind_addr: SocketAddr,
+    #[envconfig(from = "AI_AGENTS_DATABASE_URL")]
+    database_url: Option<String>,
+    #[envconfig(from = "AI_AGENTS_DATABASE_POOL_SIZE", default = "20")]
+    database_pool_size: u32,
+    #[envconfig(from = "AI_AGENTS_DATABASE_MIN_CONNECTIONS", default = "5")]
+    database_min_connections: u32,
+    #[envconfig(from = "AI_AGENTS_DATABASE_CONNECT_TIMEOUT_SECS", default = "30")]
+    database_connect_timeout_secs: u64,
+    #[envconfig(from = "AI_AGENTS_REDIS_URL")]
+    redis_url: Option<String>,
+    #[envconfig(from = "AI_AGENTS_REDIS_MAX_CONNECTIONS", default = "10")]
+    redis_max_connections: usize,
+    #[envconfig(from = "AI_AGENTS_REDIS_POOL_TIMEOUT_SECS", default = "5")]
+    redis_pool_timeout_secs: u64,
+    #[envconfig(from = "AI_AGENTS_RUN_MIGRATIONS")]
+    run_migrations: Option<String>,
+    #[envconfig(from = "AI_AGENTS_ADMIN_TOKEN")]
+    admin_token: Option<String>,
+    #[envconfig(from = "AI_AGENTS_ENCRYPTION_KEY")]
+    encryption_key: Option<String>,
+    #[envconfig(from = "AI_AGENTS_WORKER_CONCURRENCY", default = "4")]
+    worker_concurrency: usize,
+    #[envconfig(from = "AI_AGENTS_WORKER_MAX_RETRIES", default = "3")]
+    worker_max_retries: u32,
+    #[envconfig(from = "AI_AGENTS_WORKER_RETRY_BASE_MS", default = "2000")]
+    worker_retry_base_ms: u64,
+    #[envconfig(from = "AI_AGENTS_WORKER_RECLAIM_AFTER_SECS", default = "150")]
+    worker_reclaim_after_secs: u64,
+    #[envconfig(from = "AI_AGENTS_TASK_SOFT_TIME_LIMIT_SECS", default = "100")]
+    task_soft_time_limit_secs: u64,
+    #[envconfig(from = "AI_AGENTS_TASK_TIME_LIMIT_SECS", default = "120")]
+    task_time_limit_secs: u64,
+    #[envconfig(from = "AI_AGENTS_SHUTDOWN_GRACE_SECS", default = "25")]
+    shutdown_grace_secs: u64,
+    #[envconfig(from = "AI_AGENTS_QUEUE_PREFIX", default = "ai-agents")]
+    queue_prefix: String,
+    #[envconfig(from = "AI_AGENTS_WORKER_METRICS_ADDR")]
+    worker_metrics_addr: Option<String>,
+    #[envconfig(from = "AI_AGENTS_REQUEST_TIMEOUT_SECS", default = "30")]
+    request_timeout_secs: u64,
+}
+
+/// A configuration problem, always tied to one variable; the value is never repeated.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {variable}: {reason}")]
+pub struct ConfigError {
+    /// The environment variable at fault.
+    pub variable: &'static str,
+    /// What is wrong with it, in words that contain no part of its value.
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(variable: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            variable,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<envconfig::Error> for ConfigError {
+    fn from(error: envconfig::Error) -> Self {
+        match error {
+            envconfig::Error::EnvVarMissing { name } => Self::new(name, "is required"),
+            envconfig::Error::ParseError { name } => Self::new(name, "has an invalid value"),
+        }
+    }
+}
+
+/// PostgreSQL pool settings.
+#[derive(Clone)]
+pub struct DatabaseConfig {
+    /// Connection URL; contains the password.
+    pub url: SecretString,
+    /// Upper bound of connections per process.
+    pub pool_size: u32,
+    /// Connections kept open while idle.
+    pub min_connections: u32,
+    /// How long a caller waits for a connection before giving up.
+    pub connect_timeout: Duration,
+}
+
+/// Redis client settings.
+#[derive(Clone)]
+pub struct RedisConfig {
+    /// Connection URL (`redis://` or `rediss://`); may contain a password.
+    pub url: SecretString,
+    /// Multiplexed connections per process.
+    pub max_connections: usize,
+    /// Bound for connecting and for each command's answer.
+    pub pool_timeout: Duration,
+    /// Namespace of every key, so deployments can share one Redis.
+    pub queue_prefix: String,
+}
+
+/// Worker behaviour (contract §6).
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Jobs in flight per process.
+    pub concurrency: usize,
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// First backoff delay; doubles per retry.
+    pub retry_base: Duration,
+    /// A job held this long by a silent worker goes back to the queue.
+    pub reclaim_after: Duration,
+    /// The job is asked to stop.
+    pub soft_time_limit: Duration,
+    /// The job is abandoned and counted as failed.
+    pub time_limit: Duration,
+    /// Where the worker serves `/metrics`, when set.
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// Everything the binaries need, validated.
+#[derive(Clone)]
+pub struct Config {
+    /// Deployment kind.
+    pub environment: Environment,
+    /// `EnvFilter` directive.
+    pub log_level: String,
+    /// Shape of log lines.
+    pub log_format: LogFormat,
+    /// API listen address.
+    pub bind_addr: SocketAddr,
+    /// PostgreSQL.
+    pub database: DatabaseConfig,
+    /// Redis.
+    pub redis: RedisConfig,
+    /// Whether the API applies pending migrations at start.
+    pub run_migrations: bool,
+    /// Bearer token for `/api/v1`; `None` only in development (one is then generated).
+    pub admin_token: Option<SecretString>,
+    /// Base64 of the 32-byte AES key; `None` only in development (one is then generated).
+    pub encryption_key: Option<SecretString>,
+    /// Worker settings.
+    pub worker: WorkerConfig,
+    /// How long in-flight work may take to finish after SIGTERM.
+    pub shutdown_grace: Duration,
+    /// Deadline of one HTTP request.
+    pub request_timeout: Duration,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("environment", &self.environment)
+            .field("bind_addr", &self.bind_addr)
+            .field("log_format", &self.log_format)
+            .field("run_migrations", &self.run_migrations)
+            .field("worker", &self.worker)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Which secrets a binary cannot run without outside development.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requirements {
+    /// The API: admin token and encryption key.
+    Api,
+    /// The worker and the CLI helpers: only the connection URLs.
+    Worker,
+}
+
+impl Config {
+    /// Reads `.env` (if present; the real environment wins) and then the environment.
+    pub fn load(requirements: Requirements) -> Result<Self, ConfigError> {
+        // A missing .env is normal; a malformed one is not silently ignored.
+        match dotenvy::dotenv() {
+            Ok(_) => {}
+            Err(e) if e.not_found() => {}
+            Err(_) => return Err(ConfigError::new(".env", "cannot be parsed")),
+        }
+        let raw = RawConfig::init_from_env()?;
+        Self::from_raw(raw, requirements)
+    }
+
+    /// Builds a configuration from explicit variables only (tests, embedding).
+    pub fn from_map(
+        vars: &HashMap<String, String>,
+        requirements: Requirements,
+    ) -> Result<Self, ConfigError> {
+        Self::from_raw(RawConfig::init_from_hashmap(vars)?, requirements)
+    }
+
+    fn from_raw(raw: RawConfig, requirements: Requirements) -> Result<Self, ConfigError> {
+        let env = raw.environment;
+        let dev = env == Environment::Development;
+        let non_empty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
+
+        tracing_subscriber::EnvFilter::try_new(&raw.log_level)
+            .map_err(|_| ConfigError::new("AI_AGENTS_LOG_LEVEL", "is not a valid filter"))?;
+        let log_format = match non_empty(raw.log_format) {
+            Some(s) => s.parse().map_err(|()| {
+                ConfigError::new("AI_AGENTS_LOG_FORMAT", "must be `json` or `pretty`")
+            })?,
+            None if dev => LogFormat::Pretty,
+            None => LogFormat::Json,
+        };
+        let required_outside_dev =
+            |value: Option<String>, variable, dev_default: &str| match non_empty(value) {
+                Some(v) => Ok(v),
+                None if dev => Ok(dev_default.to_owned()),
+                None => Err(ConfigError::new(
+                    variable,
+                    "is required outside development",
+                )),
+            };
+        let database_url =
+            required_outside_dev(raw.database_url, "AI_AGENTS_DATABASE_URL", DEV_DATABASE_URL)?;
+        if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
+            return Err(ConfigError::new(
+                "AI_AGENTS_DATABASE_URL",
+                "must start with postgres:// or postgresql://",
+            ));
+        }
+        let redis_url = required_outside_dev(raw.redis_url, "AI_AGENTS_REDIS_URL", DEV_REDIS_URL)?;
+        if !(redis_url.starts_with("redis://") || redis_url.starts_with("rediss://")) {
+            return Err(ConfigError::new(
+                "AI_AGENTS_REDIS_URL",
+                "must start with redis:// or rediss://",
+            ));
+        }
+
+        positive(
+            "AI_AGENTS_DATABASE_POOL_SIZE",
+            raw.database_pool_size.into(),
+        )?;
+        if raw.database_min_connections > raw.database_pool_size {
+            return Err(ConfigError::new(
+                "AI_AGENTS_DATABASE_MIN_CONNECTIONS",
+                "must not exceed AI_AGENTS_DATABASE_POOL_SIZE",
+            ));
+        }
+        positive(
+            "AI_AGENTS_DATABASE_CONNECT_TIMEOUT_SECS",
+            raw.database_connect_timeout_secs,
+        )?;
+        positive(
+            "AI_AGENTS_REDIS_MAX_CONNECTIONS",
+            raw.redis_max_connections as u64,
+        )?;
+        positive(
+            "AI_AGENTS_REDIS_POOL_TIMEOUT_SECS",
+            raw.redis_pool_timeout_secs,
+        )?;
+        positive(
+            "AI_AGENTS_WORKER_CONCURRENCY",
+            raw.worker_concurrency as u64,
+        )?;
+        positive("AI_AGENTS_WORKER_RETRY_BASE_MS", raw.worker_retry_base_ms)?;
+        positive(
+            "AI_AGENTS_WORKER_RECLAIM_AFTER_SECS",
+            raw.worker_reclaim_after_secs,
+        )?;
+        positive(
+            "AI_AGENTS_TASK_SOFT_TIME_LIMIT_SECS",
+            raw.task_soft_time_limit_secs,
+        )?;
+        positive("AI_AGENTS_TASK_TIME_LIMIT_SECS", raw.task_time_limit_secs)?;
+        positive("AI_AGENTS_REQUEST_TIMEOUT_SECS", raw.request_timeout_secs)?;
+        if raw.task_soft_time_limit_secs > raw.task_time_limit_secs {
+            return Err(ConfigError::new(
+                "AI_AGENTS_TASK_SOFT_TIME_LIMIT_SECS",
+                "must not exceed AI_AGENTS_TASK_TIME_LIMIT_SECS",
+            ));
+        }
+        if raw.worker_max_retries > 30 {
+            return Err(ConfigError::new(
+                "AI_AGENTS_WORKER_MAX_RETRIES",
+                "must be at most 30",
+            ));
+        }
+        let prefix = raw.queue_prefix.trim().to_owned();
+        if prefix.is_empty() || prefix.contains(char::is_whitespace) {
+            return Err(ConfigError::new(
+                "AI_AGENTS_QUEUE_PREFIX",
+                "must be a non-empty word without spaces",
+            ));
+        }
+        let metrics_addr = non_empty(raw.worker_metrics_addr)
+            .map(|s| s.trim().parse::<SocketAddr>())
+            .transpose()
+            .map_err(|_| ConfigError::new("AI_AGENTS_WORKER_METRICS_ADDR", "must be HOST:PORT"))?;
+        let run_migrations = match non_empty(raw.run_migrations) {
+            Some(s) => {
+                s.parse::<Flag>()
+                    .map_err(|()| {
+                        ConfigError::new("AI_AGENTS_RUN_MIGRATIONS", "must be true or false")
+                    })?
+                    .0
+            }
+            None => dev,
+        };
+
+        let admin_token = non_empty(raw.admin_token).map(SecretString::new);
+        let encryption_key = non_empty(raw.encryption_key).map(SecretString::new);
+        if requirements == Requirements::Api && !dev {
+            if admin_token.is_none() {
+                return Err(ConfigError::new(
+                    "AI_AGENTS_ADMIN_TOKEN",
+                    "is required outside development",
+                ));
+            }
+            if encryption_key.is_none() {
+                return Err(ConfigError::new(
+                    "AI_AGENTS_ENCRYPTION_KEY",
+                    "is required outside development",
+                ));
+            }
+        }
+        if admin_token.as_ref().is_some_and(|t| t.expose().len() < 16) {
+            return Err(ConfigError::new(
+                "AI_AGENTS_ADMIN_TOKEN",
+                "must be at least 16 characters",
+            ));
+        }
+        if let Some(key) = &encryption_key {
+            crate::crypto::Cipher::from_base64(key.expose()).map_err(|_| {
+                ConfigError::new(
+                    "AI_AGENTS_ENCRYPTION_KEY",
+                    "must be the base64 encoding of exactly 32 bytes",
+                )
+            })?;
+        }
+
+        Ok(Self {
+            environment: env,
+            log_level: raw.log_level,
+            log_format,
+            bind_addr: raw.bind_addr,
+            database: DatabaseConfig {
+                url: SecretString::new(database_url),
+                pool_size: raw.database_pool_size,
+                min_connections: raw.database_min_connections,
+                connect_timeout: Duration::from_secs(raw.database_connect_timeout_secs),
+            },
+            redis: RedisConfig {
+                url: SecretString::new(redis_url),
+                max_connections: raw.redis_max_connections,
+                pool_timeout: Duration::from_secs(raw.redis_pool_timeout_secs),
+                queue_prefix: prefix,
+            },
+            run_migrations,
+            admin_token,
+            encryption_key,
+            worker: WorkerConfig {
+                concurrency: raw.worker_concurrency,
+                max_retries: raw.worker_max_retries,
+                retry_base: Duration::from_millis(raw.worker_retry_base_ms),
+                reclaim_after: Duration::from_secs(raw.worker_reclaim_after_secs),
+                soft_time_limit: Duration::from_secs(raw.task_soft_time_limit_secs),
+                time_limit: Duration::from_secs(raw.task_time_limit_secs),
+                metrics_addr,
+            },
+            shutdown_grace: Duration::from_secs(raw.shutdown_grace_secs),
+            request_timeout: Duration::from_secs(raw.request_timeout_secs),
+        })
+    }
+}
+
+fn positive(variable: &'static str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 {
+        Err(ConfigError::new(variable, "must be greater than zero"))
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+    fn production() -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("AI_AGENTS_ENVIRONMENT", "production"),
+            ("AI_AGENTS_DATABASE_URL", "postgres://u:p@db/x"),
+            ("AI_AGENTS_REDIS_URL", "redis://r:6379"),
+            ("AI_AGENTS_ADMIN_TOKEN", "0123456789abcdef0123"),
+            ("AI_AGENTS_ENCRYPTION_KEY", KEY),
+        ]
+    }
+
+    fn error_of(pairs: &[(&str, &str)], req: Requirements) -> ConfigError {
+        match Config::from_map(&vars(pairs), req) {
+            Ok(_) => panic!("expected a configuration error"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn development_needs_nothing() {
+        let config = Config::from_map(&HashMap::new(), Requirements::Api).expect("defaults");
+        assert_eq!(config.environment, Environment::Development);
+        assert_eq!(config.log_format, LogFormat::Pretty);
+        assert!(config.run_migrations);
+        assert_eq!(config.database.url.expose(), DEV_DATABASE_URL);
+        assert_eq!(config.database.pool_size, 20);
+        assert_eq!(config.worker.concurrency, 4);
+        assert_eq!(config.worker.retry_base, Duration::from_millis(2000));
+        assert_eq!(config.shutdown_grace, Duration::from_secs(25));
+    }
+
+    #[test]
+    fn production_defaults_differ() {
+        let config = Config::from_map(&vars(&production()), Requirements::Api).expect("valid");
+        assert_eq!(config.log_format, LogFormat::Json);
+        assert!(!config.run_migrations);
+    }
+
+    #[test]
+    fn production_requires_secrets_and_names_them() {
+        for missing in [
+            "AI_AGENTS_ADMIN_TOKEN",
+            "AI_AGENTS_ENCRYPTION_KEY",
+            "AI_AGENTS_DATABASE_URL",
+            "AI_AGENTS_REDIS_URL",
+        ] {
+            let pairs: Vec<_> = production()
+                .into_iter()
+                .filter(|(k, _)| *k != missing)
+                .collect();
+            let error = error_of(&pairs, Requirements::Api);
+            assert_eq!(error.variable, missing);
+            assert!(error.to_string().contains(missing));
+        }
+    }
+
+    #[test]
+    fn worker_does_not_need_api_secrets() {
+        let pairs: Vec<_> = production()
+            .into_iter()
+            .filter(|(k, _)| !k.contains("TOKEN") && !k.contains("KEY"))
+            .collect();
+        assert!(Config::from_map(&vars(&pairs), Requirements::Worker).is_ok());
+    }
+
+    #[test]
+    fn bad_values_name_the_variable_without_echoing_it() {
+        let cases = [
+            ("AI_AGENTS_ENVIRONMENT", "staging-secret-value"),
+            ("AI_AGENTS_BIND_ADDR", "nonsense-secret-value"),
+            ("AI_AGENTS_DATABASE_POOL_SIZE", "many-secret-value"),
+            ("AI_AGENTS_DATABASE_POOL_SIZE", "0"),
+            ("AI_AGENTS_LOG_FORMAT", "xml-secret-value"),
+            ("AI_AGENTS_RUN_MIGRATIONS", "maybe-secret-value"),
+            ("AI_AGENTS_ENCRYPTION_KEY", "short-secret-value"),
+            ("AI_AGENTS_ADMIN_TOKEN", "short-secret"),
+            ("AI_AGENTS_DATABASE_URL", "mysql://secret-value"),
+            ("AI_AGENTS_REDIS_URL", "http://secret-value"),
+            ("AI_AGENTS_WORKER_CONCURRENCY", "0"),
+            ("AI_AGENTS_LOG_LEVEL", "[[[secret-value"),
+            ("AI_AGENTS_WORKER_METRICS_ADDR", "nowhere-secret-value"),
+        ];
+        for (name, value) in cases {
+            let error = error_of(&[(name, value)], Requirements::Api);
+            assert_eq!(error.variable, name, "{value}");
+            assert!(!error.to_string().contains("secret"), "{error}");
+        }
+    }
+
+    #[test]
+    fn soft_limit_must_not_exceed_hard_limit() {
+        let error = error_of(
+            &[
+                ("AI_AGENTS_TASK_SOFT_TIME_LIMIT_SECS", "200"),
+                ("AI_AGENTS_TASK_TIME_LIMIT_SECS", "100"),
+            ],
+            Requirements::Worker,
+        );
+        assert_eq!(error.variable, "AI_AGENTS_TASK_SOFT_TIME_LIMIT_SECS");
+    }
+
+    #[test]
+    fn empty_values_count_as_unset() {
+        let config = Config::from_map(
+            &vars(&[("AI_AGENTS_ADMIN_TOKEN", ""), ("AI_AGENTS_LOG_FORMAT", " ")]),
+            Requirements::Api,
+        )
+        .expect("empty means unset");
+        assert!(config.admin_token.is_none());
+    }
+
+    #[test]
+    fn debug_output_has_no_secrets() {
+        let config = Config::from_map(&vars(&production()), Requirements::Api).expect("valid");
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("0123456789abcdef0123"));
+        assert!(!printed.contains("postgres://"));
+    }
+}

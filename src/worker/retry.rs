@@ -1,0 +1,123 @@
+//! When a failed job is tried again, and which failures deserve another try.
+//!
+//! The schedule is backon's exponential backoff from `AI_AGENTS_WORKER_RETRY_BASE_MS` (2 s,
+//! 4 s, 8 s …) plus up to 10 % jitter, so retries of many jobs that failed together do not hit
+//! the recovering dependency in lock-step. backon's own jitter adds up to 100 %, which would
+//! double the documented retry window, hence the smaller one here. The schedule is computed per
+//! attempt from the attempt counter the job carries, and the wait itself happens in Redis (the
+//! retry set), so it survives a worker restart.
+
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+
+/// A job failure, classified.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobError {
+    /// Worth another try: a dependency was unavailable or the job ran out of time.
+    #[error("{0}")]
+    Transient(String),
+    /// Will fail again: the data is gone or the payload is bad.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl From<sqlx::Error> for JobError {
+    fn from(e: sqlx::Error) -> Self {
+        let transient = match &e {
+            // Connection trouble (08), rollbacks such as serialization failures and deadlocks
+            // (40), resource exhaustion (53) and shutdowns (57P).
+            sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+                c.starts_with("08")
+                    || c.starts_with("40")
+                    || c.starts_with("53")
+                    || c.starts_with("57")
+            }),
+            // Pool timeouts, I/O, TLS, protocol: the database is not reachable right now.
+            _ => true,
+        };
+        let message = format!("database error: {e}");
+        if transient {
+            Self::Transient(message)
+        } else {
+            Self::Permanent(message)
+        }
+    }
+}
+
+/// The retry schedule of a worker.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// First delay.
+    pub base: Duration,
+}
+
+impl RetryPolicy {
+    /// The delay before retry number `attempt + 1` (after `attempt + 1` failed attempts), or
+    /// `None` when the retries are used up.
+    pub fn delay_after(&self, attempt: u32) -> Option<Duration> {
+        let retries = usize::try_from(self.max_retries).unwrap_or(usize::MAX);
+        let nominal = ExponentialBuilder::default()
+            .with_min_delay(self.base)
+            .with_factor(2.0)
+            .with_max_times(retries)
+            .without_max_delay()
+            .build()
+            .nth(usize::try_from(attempt).unwrap_or(usize::MAX))?;
+        Some(nominal + nominal.mul_f64(jitter_fraction() * 0.1))
+    }
+}
+
+/// A random number in [0, 1).
+fn jitter_fraction() -> f64 {
+    let bits = uuid::Uuid::new_v4().as_u128() as u64 >> 11;
+    #[allow(clippy::cast_precision_loss)]
+    let fraction = bits as f64 / (1_u64 << 53) as f64;
+    fraction
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn doubles_from_the_base_and_stops_after_max_retries() {
+        let policy = RetryPolicy {
+            max_retries: 3,
+            base: Duration::from_secs(2),
+        };
+        for (attempt, secs) in [(0, 2.0), (1, 4.0), (2, 8.0)] {
+            let delay = policy
+                .delay_after(attempt)
+                .expect("retry left")
+                .as_secs_f64();
+            assert!(
+                delay >= secs && delay <= secs * 1.1,
+                "attempt {attempt}: {delay}"
+            );
+        }
+        assert_eq!(policy.delay_after(3), None);
+        assert_eq!(
+            RetryPolicy {
+                max_retries: 0,
+                base: Duration::from_secs(1)
+            }
+            .delay_after(0),
+            None
+        );
+    }
+
+    #[test]
+    fn classifies_database_errors() {
+        assert!(matches!(
+            JobError::from(sqlx::Error::PoolTimedOut),
+            JobError::Transient(_)
+        ));
+        assert!(matches!(
+            JobError::from(sqlx::Error::RowNotFound),
+            JobError::Transient(_)
+        ));
+    }
+}
