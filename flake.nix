@@ -1,0 +1,89 @@
+{
+  description = "ai-agents: AI ticket-enhancement API and worker: static musl binaries, OCI images, dev shell";
+
+  inputs = {
+    nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.05";
+    # Only for Redis 7.2 in the devShell and the test check: nixos-26.05 packages Redis 8.
+    nixpkgs-redis7.url = "github:NixOS/nixpkgs/nixos-24.11";
+    # crane has no inputs of its own.
+    crane.url = "github:ipetkov/crane";
+    rust-overlay = {
+      url = "github:oxalica/rust-overlay";
+      inputs.nixpkgs.follows = "nixpkgs";
+    };
+  };
+
+  outputs =
+    {
+      self,
+      nixpkgs,
+      nixpkgs-redis7,
+      crane,
+      rust-overlay,
+    }:
+    let
+      inherit (nixpkgs) lib;
+
+      # Static binaries, images and checks: Linux only. Darwin gets the devShell.
+      linuxSystems = [
+        "x86_64-linux"
+        "aarch64-linux"
+      ];
+      allSystems = linuxSystems ++ [ "aarch64-darwin" ];
+
+      perSystem =
+        system:
+        let
+          pkgs = import nixpkgs {
+            inherit system;
+            overlays = [ rust-overlay.overlays.default ];
+          };
+          redis = nixpkgs-redis7.legacyPackages.${system}.redis;
+          devServices = import ./nix/dev-services.nix { inherit pkgs redis; };
+          rust = import ./nix/rust.nix { inherit pkgs crane devServices; };
+        in
+        {
+          inherit
+            pkgs
+            redis
+            devServices
+            rust
+            ;
+          images = import ./nix/images.nix {
+            inherit pkgs;
+            inherit (rust) api worker cargoPackage;
+            inherit (rust.crate) version;
+            revision = self.rev or self.dirtyRev or "dirty";
+          };
+        };
+
+      forSystems = systems: f: lib.genAttrs systems (system: f (perSystem system));
+    in
+    {
+      packages = forSystems linuxSystems (s: {
+        inherit (s.rust) api worker;
+        default = s.rust.api;
+        api-image = s.images.api;
+        worker-image = s.images.worker;
+        dev-services = s.devServices;
+      });
+
+      checks = forSystems linuxSystems (
+        s:
+        s.rust.checks
+        // {
+          # building it runs shellcheck on nix/dev-services.sh
+          dev-services = s.devServices;
+        }
+      );
+
+      devShells = forSystems allSystems (s: {
+        default = import ./nix/devshell.nix {
+          inherit (s) pkgs redis;
+          inherit (s.rust) devToolchain muslCcEnv;
+        };
+      });
+
+      formatter = forSystems allSystems (s: s.pkgs.nixfmt-tree);
+    };
+}
