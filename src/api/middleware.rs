@@ -158,7 +158,12 @@ impl<E: Endpoint> Endpoint for ProblemErrorsEndpoint<E> {
             Ok(output) => output.into_response(),
             Err(err) => return Ok(error_to_problem(err)),
         };
-        if response.status().as_u16() >= 400 && !is_problem(&response) {
+        // A documented JSON answer (readiness's 503) stays; poem's plain-text errors do not.
+        let is_json = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+        if response.status().as_u16() >= 400 && !is_problem(&response) && !is_json {
             let status = response.status().as_u16();
             return Ok(problem_response(&Problem::new(
                 status,

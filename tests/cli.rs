@@ -1,0 +1,217 @@
+//! The binaries as a user runs them: subcommands, configuration errors, logs, signals.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::{collections::HashMap, time::Duration};
+
+use common::{TestDb, command, queue_prefix, redis_url, test_vars};
+
+const API: &str = env!("CARGO_BIN_EXE_ai-agents-api");
+const WORKER: &str = env!("CARGO_BIN_EXE_ai-agents-worker");
+
+async fn run(binary: &str, args: &[&str], vars: &HashMap<String, String>) -> (i32, String, String) {
+    let output = tokio::time::timeout(
+        Duration::from_secs(30),
+        command(binary, vars).args(args).output(),
+    )
+    .await
+    .expect("finishes")
+    .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn version_needs_no_configuration() {
+    let garbage: HashMap<String, String> = [
+        ("AI_AGENTS_ENVIRONMENT", "nonsense"),
+        ("AI_AGENTS_BIND_ADDR", "x"),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).into(), (*v).into()))
+    .collect();
+    for (binary, name) in [(API, "ai-agents-api"), (WORKER, "ai-agents-worker")] {
+        let (code, stdout, _) = run(binary, &["--version"], &garbage).await;
+        assert_eq!(code, 0);
+        assert_eq!(
+            stdout.trim(),
+            format!("{name} {}", env!("CARGO_PKG_VERSION"))
+        );
+    }
+}
+
+#[tokio::test]
+async fn configuration_errors_name_the_variable_and_hide_the_value() {
+    let base = test_vars("postgres://u:p@127.0.0.1:1/x", "redis://127.0.0.1:1", "x");
+    let cases: Vec<(&str, Option<&str>)> = vec![
+        ("AI_AGENTS_ADMIN_TOKEN", None),
+        ("AI_AGENTS_ENCRYPTION_KEY", None),
+        ("AI_AGENTS_ENCRYPTION_KEY", Some("sekrit-not-base64")),
+        ("AI_AGENTS_DATABASE_URL", None),
+        ("AI_AGENTS_DATABASE_URL", Some("mysql://root:sekrit@db/x")),
+        ("AI_AGENTS_BIND_ADDR", Some("sekrit")),
+        ("AI_AGENTS_DATABASE_POOL_SIZE", Some("sekrit")),
+        ("AI_AGENTS_ENVIRONMENT", Some("sekrit")),
+    ];
+    for (variable, value) in cases {
+        let mut vars = base.clone();
+        match value {
+            Some(v) => vars.insert(variable.to_owned(), v.to_owned()),
+            None => vars.remove(variable),
+        };
+        let (code, stdout, stderr) = run(API, &[], &vars).await;
+        assert_ne!(code, 0, "{variable}={value:?} was accepted");
+        assert!(stderr.contains(variable), "{variable}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+        assert!(
+            !stderr.contains("sekrit") && !stdout.contains("sekrit"),
+            "value echoed: {stderr}"
+        );
+    }
+    let mut vars = base.clone();
+    vars.insert("AI_AGENTS_WORKER_CONCURRENCY".into(), "0".into());
+    let (code, _, stderr) = run(WORKER, &[], &vars).await;
+    assert_ne!(code, 0);
+    assert!(stderr.contains("AI_AGENTS_WORKER_CONCURRENCY"), "{stderr}");
+}
+
+#[tokio::test]
+async fn unknown_arguments_are_refused() {
+    let (code, _, stderr) = run(API, &["serve", "--now"], &HashMap::new()).await;
+    assert_eq!(code, 2);
+    assert!(stderr.contains("usage"));
+}
+
+#[tokio::test]
+async fn migrate_and_revert_subcommands() {
+    let db = TestDb::empty().await;
+    let vars = test_vars(&db.owner_url, &redis_url(), &queue_prefix());
+    let (code, _, stderr) = run(API, &["migrate"], &vars).await;
+    assert_eq!(code, 0, "{stderr}");
+    let (code, _, stderr) = run(API, &["migrate"], &vars).await;
+    assert_eq!(code, 0, "re-run: {stderr}");
+    let pool = db.owner_pool().await;
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename IN ('tenant_configs', 'enhancement_history')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(tables, 2);
+    let (code, _, stderr) = run(API, &["migrate", "revert"], &vars).await;
+    assert_eq!(code, 0, "{stderr}");
+    let tables: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename = 'tenant_configs'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(tables, 0);
+
+    let mut down = vars.clone();
+    down.insert(
+        "AI_AGENTS_DATABASE_URL".into(),
+        format!("postgres://u:sekrit@127.0.0.1:{}/x", common::closed_port()),
+    );
+    down.insert("AI_AGENTS_DATABASE_CONNECT_TIMEOUT_SECS".into(), "1".into());
+    let (code, stdout, stderr) = run(API, &["migrate"], &down).await;
+    assert_ne!(code, 0);
+    assert!(!stderr.contains("sekrit") && !stdout.contains("sekrit"));
+}
+
+#[tokio::test]
+async fn serves_json_logs_answers_healthcheck_and_stops_on_sigterm() {
+    let db = TestDb::new().await;
+    let port = common::closed_port();
+    let mut vars = test_vars(&db.app_url, &redis_url(), &queue_prefix());
+    vars.insert("AI_AGENTS_BIND_ADDR".into(), format!("127.0.0.1:{port}"));
+    vars.insert("AI_AGENTS_LOG_LEVEL".into(), "info".into());
+    vars.insert("AI_AGENTS_LOG_FORMAT".into(), "json".into());
+    let server = command(API, &vars).spawn().unwrap();
+
+    let mut healthy = false;
+    for _ in 0..100 {
+        let (code, _, _) = run(API, &["healthcheck"], &vars).await;
+        if code == 0 {
+            healthy = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(healthy, "healthcheck never succeeded");
+    let client = reqwest::Client::new();
+    let response = client
+        .get(format!("http://127.0.0.1:{port}/api/v1/tenants"))
+        .bearer_auth(common::TEST_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    let pid = server.id().unwrap().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = tokio::time::timeout(Duration::from_secs(10), server.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "exit 0 after SIGTERM");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 2, "expected log lines, got {stdout}");
+    for line in &lines {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        for key in ["timestamp", "level", "target", "service", "environment"] {
+            assert!(value.get(key).is_some(), "{key} missing: {line}");
+        }
+        assert_eq!(value["service"], "api");
+        assert_eq!(value["environment"], "test");
+        assert!(!line.contains(common::TEST_TOKEN), "token logged");
+        assert!(
+            !line.contains("ai_agents_app:ai_agents_app"),
+            "database password logged"
+        );
+    }
+    assert!(
+        stdout.contains("request_id"),
+        "request logs carry the request id"
+    );
+
+    // The healthcheck fails when nothing listens.
+    let (code, _, stderr) = run(API, &["healthcheck"], &vars).await;
+    assert_ne!(code, 0);
+    assert!(stderr.contains("unhealthy"));
+}
+
+#[tokio::test]
+async fn worker_starts_and_stops_cleanly_and_waits_for_redis() {
+    let db = TestDb::new().await;
+    let mut vars = test_vars(
+        &db.app_url,
+        &format!("redis://127.0.0.1:{}", common::closed_port()),
+        &queue_prefix(),
+    );
+    vars.insert("AI_AGENTS_LOG_FORMAT".into(), "json".into());
+    vars.insert("AI_AGENTS_LOG_LEVEL".into(), "info".into());
+    // Redis is unreachable: the worker keeps retrying instead of crash-looping, and still stops on SIGTERM.
+    let worker = command(WORKER, &vars).spawn().unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let pid = worker.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let output = tokio::time::timeout(Duration::from_secs(10), worker.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("Redis not reachable yet"), "{stdout}");
+}

@@ -1,0 +1,255 @@
+//! Migrations and row-level security against a real PostgreSQL.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::TestDb;
+use sqlx::{Connection, PgConnection, Row};
+
+/// A description of the schema: tables, columns, indexes, policies, triggers, RLS flags.
+async fn schema(conn: &mut PgConnection) -> Vec<String> {
+    let query = r"
+        SELECT 'column ' || table_name || '.' || column_name || ' ' || data_type || ' ' || is_nullable
+               || ' ' || coalesce(column_default, '')
+          FROM information_schema.columns WHERE table_schema = 'public' AND table_name <> '_sqlx_migrations'
+        UNION ALL SELECT 'index ' || indexdef FROM pg_indexes WHERE schemaname = 'public' AND tablename <> '_sqlx_migrations'
+        UNION ALL SELECT 'policy ' || tablename || ' ' || policyname || ' ' || cmd || ' ' || coalesce(qual, '') || ' ' || coalesce(with_check, '')
+          FROM pg_policies WHERE schemaname = 'public'
+        UNION ALL SELECT 'trigger ' || event_object_table || ' ' || trigger_name || ' ' || action_timing || ' ' || event_manipulation
+          FROM information_schema.triggers WHERE trigger_schema = 'public'
+        UNION ALL SELECT 'rls ' || relname || ' ' || relrowsecurity || ' ' || relforcerowsecurity
+          FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relkind = 'r' AND relname <> '_sqlx_migrations'
+        UNION ALL SELECT 'constraint ' || conrelid::regclass || ' ' || conname || ' ' || pg_get_constraintdef(oid)
+          FROM pg_constraint WHERE connamespace = 'public'::regnamespace AND conrelid::regclass::text <> '_sqlx_migrations'
+        ORDER BY 1";
+    sqlx::query_scalar(query).fetch_all(conn).await.unwrap()
+}
+
+#[tokio::test]
+async fn migrations_up_down_up_leave_the_same_schema() {
+    let db = TestDb::empty().await;
+    let pool = db.owner_pool().await;
+    let migrator = &ai_agents::db::MIGRATOR;
+    migrator.run(&pool).await.unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    let first = schema(&mut conn).await;
+    assert!(
+        first
+            .iter()
+            .any(|l| l.starts_with("rls tenant_configs true true")),
+        "{first:#?}"
+    );
+    assert!(
+        first
+            .iter()
+            .any(|l| l.starts_with("rls enhancement_history true true"))
+    );
+    for index in [
+        "ix_enhancement_history_tenant_id",
+        "ix_enhancement_history_ticket_id",
+        "ix_enhancement_history_status",
+    ] {
+        assert!(first.iter().any(|l| l.contains(index)), "{index} missing");
+    }
+    drop(conn);
+
+    // Reverting through the real subcommand code path.
+    let version = ai_agents::db::revert_last(&pool).await.unwrap();
+    assert!(version.is_some());
+    let mut conn = pool.acquire().await.unwrap();
+    assert!(
+        schema(&mut conn).await.is_empty(),
+        "down removes everything"
+    );
+    drop(conn);
+    assert_eq!(
+        ai_agents::db::revert_last(&pool).await.unwrap(),
+        None,
+        "nothing left to revert"
+    );
+
+    migrator.run(&pool).await.unwrap();
+    migrator.run(&pool).await.unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    assert_eq!(schema(&mut conn).await, first);
+}
+
+#[tokio::test]
+async fn migration_sql_is_safe_to_rerun_by_hand() {
+    let db = TestDb::new().await;
+    let mut conn = PgConnection::connect(&db.owner_url).await.unwrap();
+    let before = schema(&mut conn).await;
+    let up = include_str!("../migrations/20261125000001_initial_schema.up.sql");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(up))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(schema(&mut conn).await, before);
+}
+
+#[tokio::test]
+async fn roles_are_not_privileged() {
+    let db = TestDb::new().await;
+    for url in [&db.owner_url, &db.app_url] {
+        let mut conn = PgConnection::connect(url).await.unwrap();
+        let row =
+            sqlx::query("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+        assert!(!row.get::<bool, _>(0), "superuser");
+        assert!(!row.get::<bool, _>(1), "BYPASSRLS");
+    }
+}
+
+async fn insert_tenant(conn: &mut PgConnection, tenant: &str) -> Result<(), sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    sqlx::query("SELECT set_config('app.current_tenant_id', $1, true)")
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO tenant_configs (tenant_id, name, servicedesk_url, servicedesk_api_key_encrypted, \
+         webhook_signing_secret_encrypted) VALUES ($1, $1, 'https://x.test', 'v1:x', 'v1:x')",
+    )
+    .bind(tenant)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("INSERT INTO enhancement_history (tenant_id, ticket_id) VALUES ($1, 'T-1')")
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}
+
+async fn visible(conn: &mut PgConnection, tenant: Option<&str>) -> (Vec<String>, i64) {
+    let mut tx = conn.begin().await.unwrap();
+    if let Some(tenant) = tenant {
+        sqlx::query("SELECT set_config('app.current_tenant_id', $1, true)")
+            .bind(tenant)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
+    let tenants: Vec<String> =
+        sqlx::query_scalar("SELECT tenant_id FROM tenant_configs ORDER BY 1")
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap();
+    let history: i64 = sqlx::query_scalar("SELECT count(*) FROM enhancement_history")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    (tenants, history)
+}
+
+#[tokio::test]
+async fn row_level_security_isolates_tenants_for_the_app_role() {
+    let db = TestDb::new().await;
+    let mut app = PgConnection::connect(&db.app_url).await.unwrap();
+    insert_tenant(&mut app, "tenant-a").await.unwrap();
+    insert_tenant(&mut app, "tenant-b").await.unwrap();
+
+    assert_eq!(
+        visible(&mut app, Some("tenant-a")).await,
+        (vec!["tenant-a".to_owned()], 1)
+    );
+    assert_eq!(
+        visible(&mut app, Some("tenant-b")).await,
+        (vec!["tenant-b".to_owned()], 1)
+    );
+    assert_eq!(
+        visible(&mut app, None).await,
+        (vec![], 0),
+        "no tenant set: nothing visible"
+    );
+    assert_eq!(
+        visible(&mut app, Some("")).await,
+        (vec![], 0),
+        "empty tenant: nothing visible"
+    );
+
+    // Writing another tenant's rows from A's context is refused or affects nothing.
+    let mut tx = app.begin().await.unwrap();
+    sqlx::query("SELECT set_config('app.current_tenant_id', 'tenant-a', true)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let insert = sqlx::query(
+        "INSERT INTO enhancement_history (tenant_id, ticket_id) VALUES ('tenant-b', 'X')",
+    )
+    .execute(&mut *tx)
+    .await;
+    assert!(insert.is_err(), "WITH CHECK refuses rows of another tenant");
+    drop(tx);
+    let mut tx = app.begin().await.unwrap();
+    sqlx::query("SELECT set_config('app.current_tenant_id', 'tenant-a', true)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let updated = sqlx::query(
+        "UPDATE enhancement_history SET status = 'failed' WHERE tenant_id = 'tenant-b'",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!(updated.rows_affected(), 0);
+    let deleted = sqlx::query("DELETE FROM tenant_configs WHERE tenant_id = 'tenant-b'")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(deleted.rows_affected(), 0);
+    tx.commit().await.unwrap();
+    assert_eq!(visible(&mut app, Some("tenant-b")).await.1, 1);
+
+    // The setting is transaction-local: it does not leak into the next transaction.
+    assert_eq!(visible(&mut app, None).await, (vec![], 0));
+
+    // The owner is bound too (FORCE ROW LEVEL SECURITY).
+    let mut owner = PgConnection::connect(&db.owner_url).await.unwrap();
+    assert_eq!(visible(&mut owner, None).await, (vec![], 0));
+}
+
+#[tokio::test]
+async fn tenant_scope_helper_sees_only_its_tenant() {
+    use ai_agents::{
+        db::{enhancements, scope::TenantTx},
+        domain::{TenantId, TicketId},
+    };
+    let db = TestDb::new().await;
+    let pool = db.app_pool().await;
+    let mut app = PgConnection::connect(&db.app_url).await.unwrap();
+    insert_tenant(&mut app, "tenant-a").await.unwrap();
+    insert_tenant(&mut app, "tenant-b").await.unwrap();
+
+    let a = TenantId::parse("tenant-a").unwrap();
+    let mut tx = TenantTx::begin(&pool, &a).await.unwrap();
+    let id = uuid::Uuid::now_v7();
+    enhancements::insert(
+        &mut tx,
+        id,
+        &TicketId::parse("T-2").unwrap(),
+        &serde_json::json!({}),
+    )
+    .await
+    .unwrap();
+    let rows = enhancements::list_for_tenant(&mut tx, None, None, 100)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r.tenant_id == "tenant-a"));
+
+    let b = TenantId::parse("tenant-b").unwrap();
+    let mut tx = TenantTx::begin(&pool, &b).await.unwrap();
+    assert!(
+        enhancements::get(&mut tx, id).await.unwrap().is_none(),
+        "B cannot read A's row by id"
+    );
+    assert_eq!(
+        enhancements::start_processing(&mut tx, id).await.unwrap(),
+        enhancements::StartOutcome::Missing
+    );
+    tx.commit().await.unwrap();
+}
