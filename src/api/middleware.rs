@@ -5,7 +5,9 @@
 //! 2. [`ProblemErrors`]: every error — from a handler, poem's router, a payload parser or the
 //!    auth check — leaves as `application/problem+json`, never as poem's plain `Display` text.
 //! 3. [`Deadline`]: a request that takes longer than the configured timeout gets a 503.
-//! 4. [`BodyLimit`]: bodies over 1 MiB get a 413, whether or not they declare a length. The
+//! 4. [`ConcurrencyLimit`]: past a fixed number of requests in progress, new ones get a 503 at
+//!    once, so a burst cannot queue without bound.
+//! 5. [`BodyLimit`]: bodies over 1 MiB get a 413, whether or not they declare a length. The
 //!    excess is read and dropped (up to a bound) before answering, so the client reads the 413
 //!    instead of a reset connection.
 
@@ -253,6 +255,40 @@ impl<E: Endpoint> Endpoint for DeadlineEndpoint<E> {
                 )))
             }
         }
+    }
+}
+
+/// Caps the requests served at once; the excess is shed with a 503 at once.
+pub struct ConcurrencyLimit(std::sync::Arc<tokio::sync::Semaphore>);
+
+impl ConcurrencyLimit {
+    /// At most `max` requests at once.
+    pub fn new(max: usize) -> Self {
+        Self(std::sync::Arc::new(tokio::sync::Semaphore::new(max)))
+    }
+}
+
+impl<E: Endpoint> Middleware<E> for ConcurrencyLimit {
+    type Output = ConcurrencyLimitEndpoint<E>;
+    fn transform(&self, ep: E) -> Self::Output {
+        ConcurrencyLimitEndpoint(ep, std::sync::Arc::clone(&self.0))
+    }
+}
+
+/// See [`ConcurrencyLimit`].
+pub struct ConcurrencyLimitEndpoint<E>(E, std::sync::Arc<tokio::sync::Semaphore>);
+
+impl<E: Endpoint> Endpoint for ConcurrencyLimitEndpoint<E> {
+    type Output = Response;
+
+    async fn call(&self, req: Request) -> Result<Self::Output> {
+        let Ok(_permit) = self.1.try_acquire() else {
+            return Ok(problem_response(&Problem::new(
+                503,
+                "the server is busy, retry later",
+            )));
+        };
+        self.0.call(req).await.map(IntoResponse::into_response)
     }
 }
 

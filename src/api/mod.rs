@@ -27,7 +27,7 @@ use poem_openapi::OpenApiService;
 use sqlx::PgPool;
 
 use crate::{
-    config::Config,
+    config::{Config, DatabaseConfig},
     crypto::Cipher,
     db,
     queue::{Queue, RedisPool},
@@ -80,6 +80,12 @@ pub struct Application {
     config: Config,
 }
 
+/// Longest wait of a request for a database connection (see [`Application::build`]).
+pub const REQUEST_DB_WAIT: Duration = Duration::from_secs(3);
+
+/// Most requests served at once; more get an immediate 503 instead of queueing without bound.
+pub const MAX_CONCURRENT_REQUESTS: usize = 1024;
+
 /// Where the development encryption key is kept.
 fn dev_key_path() -> std::path::PathBuf {
     std::env::var_os("AI_AGENTS_DEV_DIR")
@@ -93,11 +99,21 @@ fn dev_key_path() -> std::path::PathBuf {
 impl Application {
     /// Creates pools, applies migrations if configured, binds the listener.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
-        let pool = db::connect_lazy(&config.database)?;
         if config.run_migrations {
+            // Its own pool with the full acquire timeout: at start the database may still be
+            // coming up, and waiting for it is right there.
+            let pool = db::connect_lazy(&config.database)?;
             db::migrate(&pool).await?;
+            pool.close().await;
             tracing::info!("migrations applied");
         }
+        // Requests wait for a connection at most REQUEST_DB_WAIT: during an outage a client
+        // gets its 503 in seconds, not after the full acquire timeout.
+        let request_db = DatabaseConfig {
+            connect_timeout: config.database.connect_timeout.min(REQUEST_DB_WAIT),
+            ..config.database.clone()
+        };
+        let pool = db::connect_lazy(&request_db)?;
         let redis = RedisPool::new(&config.redis).map_err(StartupError::Redis)?;
         let queue = Queue::new(redis, &config.redis.queue_prefix);
         if let Err(e) = queue.ensure_group().await {
@@ -314,6 +330,7 @@ pub fn routes(
         .nest("/", api)
         .data(auth::AdminToken(admin_token))
         .with(middleware::BodyLimit)
+        .with(middleware::ConcurrencyLimit::new(MAX_CONCURRENT_REQUESTS))
         .with(middleware::Deadline(config.request_timeout))
         .with(CatchPanic::new().with_handler(|_| {
             middleware::problem_response(&problem::Problem::new(
