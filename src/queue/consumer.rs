@@ -84,6 +84,11 @@ impl Consumer {
         &self.name
     }
 
+    /// The Redis client name of this consumer's reading connection.
+    fn client_name(&self) -> String {
+        format!("{}:{}", self.queue.keys().jobs, self.name)
+    }
+
     /// The queue this consumer reads.
     pub fn queue(&self) -> &Queue {
         &self.queue
@@ -94,7 +99,27 @@ impl Consumer {
         let mut slot = self.reader.lock().await;
         let reader = match &mut *slot {
             Some(reader) => reader,
-            None => slot.insert(self.queue.redis().dedicated().await?),
+            None => {
+                let mut conn = self.queue.redis().dedicated().await?;
+                // The connection carries the consumer's name: when the process dies, the
+                // kernel closes it and the other workers see at once that this consumer is gone.
+                let _: Value = bounded(self.queue.redis().timeout(), async {
+                    redis::cmd("CLIENT")
+                        .arg("SETNAME")
+                        .arg(self.client_name())
+                        .query_async(&mut conn)
+                        .await
+                })
+                .await
+                .or_else(|e| {
+                    if e.code() == Some("ERR") {
+                        Ok(Value::Nil)
+                    } else {
+                        Err(e)
+                    }
+                })?;
+                slot.insert(conn)
+            }
         };
         let block_ms = u64::try_from(block.as_millis()).unwrap_or(u64::MAX).max(1);
         let read = bounded(block + self.queue.redis().timeout(), async {
@@ -261,7 +286,7 @@ impl Consumer {
         Ok(moved)
     }
 
-    /// Puts back jobs held by dead workers (heartbeat expired) or held longer than
+    /// Puts back jobs held by dead workers (heartbeat expired, or reading connection gone) or held longer than
     /// `reclaim_after` by anyone; forgets dead consumers with nothing pending. Returns how many
     /// jobs went back.
     pub async fn reclaim(&self, reclaim_after: Duration) -> Result<u64, QueueError> {
@@ -277,6 +302,25 @@ impl Consumer {
                 .await
         })
         .await?;
+        // Names of the connected clients; `None` where CLIENT LIST is not allowed (some managed
+        // Redis services), and then only the heartbeat decides.
+        let connected: Option<std::collections::HashSet<String>> = bounded(limit, async {
+            redis::cmd("CLIENT")
+                .arg("LIST")
+                .arg("TYPE")
+                .arg("normal")
+                .query_async::<String>(&mut conn)
+                .await
+        })
+        .await
+        .ok()
+        .map(|list| {
+            list.lines()
+                .filter_map(|line| line.split(' ').find_map(|f| f.strip_prefix("name=")))
+                .filter(|name| !name.is_empty())
+                .map(str::to_owned)
+                .collect()
+        });
         let mut requeued = 0;
         for consumer in consumers {
             let name = match consumer.get("name") {
@@ -298,7 +342,13 @@ impl Consumer {
                     .await
             })
             .await?;
-            if alive {
+            let client = format!("{}:{name}", keys.jobs);
+            // A worker killed outright still has a heartbeat for a few seconds, but its
+            // connection is gone at once.
+            let connected = connected
+                .as_ref()
+                .is_none_or(|names| names.contains(&client));
+            if alive && connected {
                 continue;
             }
             if pending > 0 {

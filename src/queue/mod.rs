@@ -9,8 +9,10 @@
 //!   a failed job there and acknowledging it happen in one `MULTI`, and a Lua script moves due
 //!   jobs back into the stream atomically, so a retry survives any crash.
 //! * `PREFIX:dead` — a list of jobs that failed for good, with the error.
-//! * `PREFIX:alive:CONSUMER` — a heartbeat key with a short TTL per worker process. Jobs held by
-//!   a consumer whose heartbeat expired, or held longer than the reclaim time, are put back.
+//! * `PREFIX:alive:CONSUMER` — a heartbeat key with a short TTL per worker process; each
+//!   worker's reading connection also carries its consumer name (`CLIENT SETNAME`). Jobs held by
+//!   a consumer whose heartbeat expired or whose connection is gone (a killed process: at once),
+//!   or held longer than the reclaim time (a hung one), are put back in the stream.
 //!
 //! See `docs/architecture.md` for why streams and what the guarantees are.
 
