@@ -11,7 +11,7 @@ use std::{collections::HashMap, time::Duration};
 
 use redis::{Script, Value, aio::MultiplexedConnection};
 
-use super::{DeadLetter, GROUP, Job, Queue, QueueError, bounded};
+use super::{DeadLetter, GROUP, Job, Queue, QueueError, StreamEntry, bounded};
 
 /// One stream entry handed to a worker.
 #[derive(Debug, Clone)]
@@ -59,7 +59,9 @@ pub struct Consumer {
     reader: tokio::sync::Mutex<Option<MultiplexedConnection>>,
 }
 
-type ReadReply = Option<Vec<(String, Vec<(String, HashMap<String, String>)>)>>;
+/// Field values stay bytes: a payload that is not UTF-8 must reach the dead-letter list, not
+/// fail the whole read.
+type ReadReply = Option<Vec<(String, Vec<StreamEntry>)>>;
 
 impl Consumer {
     /// A consumer with a name unique to this process.
@@ -158,7 +160,10 @@ impl Consumer {
             .next()
             .map(|(entry_id, fields)| Delivery {
                 entry_id,
-                payload: fields.get("job").cloned().unwrap_or_default(),
+                payload: fields
+                    .get(b"job".as_slice())
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .unwrap_or_default(),
             }))
     }
 

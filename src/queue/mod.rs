@@ -100,6 +100,9 @@ pub struct DeadLetter {
     pub failed_at: chrono::DateTime<chrono::Utc>,
 }
 
+/// A stream entry as read: id and raw fields (kept as bytes: not every payload is UTF-8).
+pub(crate) type StreamEntry = (String, HashMap<Vec<u8>, Vec<u8>>);
+
 /// Producer-side and inspection access to the queue.
 #[derive(Clone)]
 pub struct Queue {
@@ -224,21 +227,23 @@ impl Queue {
     /// The oldest `count` jobs still waiting or in flight (for operators).
     pub async fn peek(&self, count: usize) -> Result<Vec<Job>, QueueError> {
         let mut conn = self.redis.get();
-        let entries: Vec<(String, HashMap<String, String>)> =
-            bounded(self.redis.timeout(), async {
-                redis::cmd("XRANGE")
-                    .arg(&self.keys.jobs)
-                    .arg("-")
-                    .arg("+")
-                    .arg("COUNT")
-                    .arg(count)
-                    .query_async(&mut conn)
-                    .await
-            })
-            .await?;
+        let entries: Vec<StreamEntry> = bounded(self.redis.timeout(), async {
+            redis::cmd("XRANGE")
+                .arg(&self.keys.jobs)
+                .arg("-")
+                .arg("+")
+                .arg("COUNT")
+                .arg(count)
+                .query_async(&mut conn)
+                .await
+        })
+        .await?;
         Ok(entries
             .into_iter()
-            .filter_map(|(_, fields)| fields.get("job").and_then(|v| Job::decode(v).ok()))
+            .filter_map(|(_, fields)| {
+                let raw = fields.get(b"job".as_slice())?;
+                Job::decode(std::str::from_utf8(raw).ok()?).ok()
+            })
             .collect())
     }
 

@@ -3,7 +3,8 @@
 //! Shaped like mini-redis's server loop. One reader takes a slot from a semaphore of
 //! `AI_AGENTS_WORKER_CONCURRENCY` permits, then reads one job (prefetch 1 per slot), and hands
 //! job and permit to a task; the permit returns when the task ends. A maintenance task beats
-//! the heartbeat, moves due retries back into the stream and reclaims jobs of dead workers.
+//! the heartbeat and reclaims jobs of dead workers; a promotion task moves due retries back
+//! into the stream.
 //!
 //! Each job runs under two limits: at the soft limit its cancellation token fires (the job is
 //! asked to stop); at the hard limit its future is dropped and the attempt counts as failed.
@@ -35,7 +36,7 @@ use retry::{JobError, RetryPolicy};
 
 /// How long one blocking read waits; bounds how long shutdown takes to notice.
 const READ_BLOCK: Duration = Duration::from_secs(1);
-/// Period of heartbeat, retry promotion and reclaim.
+/// Period of heartbeat and reclaim.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(2);
 
 /// Why the worker could not run at all.
@@ -66,6 +67,12 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Wor
     let name = consumer.name().to_owned();
     crate::metrics::install();
     tracing::info!(consumer = %name, concurrency = config.worker.concurrency, "worker starting");
+    if config.worker.reclaim_after <= config.worker.time_limit {
+        tracing::warn!(
+            "AI_AGENTS_WORKER_RECLAIM_AFTER_SECS is not above AI_AGENTS_TASK_TIME_LIMIT_SECS: a job \
+             still running may be reclaimed and run twice at once (the stored effect stays single)"
+        );
+    }
 
     // Join the group before taking work; Redis may still be starting: retry, never crash-loop.
     let joined = until_ok_or_cancelled(&shutdown, || async {
@@ -104,6 +111,28 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Wor
                 tokio::select! {
                     () = stop.cancelled() => break,
                     () = tokio::time::sleep(MAINTENANCE_EVERY) => maintain(&shared, reclaim_after).await,
+                }
+            }
+        })
+    };
+
+    // Due retries go back to the stream promptly (a fraction of the base delay), so the
+    // schedule stays close to base, 2×base, 4×base rather than rounding up to the
+    // maintenance period.
+    let promotion = {
+        let shared = Arc::clone(&shared);
+        let stop = shutdown.clone();
+        let every =
+            (config.worker.retry_base / 4).clamp(Duration::from_millis(50), MAINTENANCE_EVERY);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(every) => {
+                        if let Err(e) = shared.consumer.promote_due_retries().await {
+                            tracing::warn!(error = &e as &dyn std::error::Error, "retry promotion failed");
+                        }
+                    }
                 }
             }
         })
@@ -160,6 +189,7 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Wor
         tasks.abort_all();
     }
     maintenance.abort();
+    promotion.abort();
     if let Err(e) = shared.consumer.leave().await {
         tracing::warn!(
             error = &e as &dyn std::error::Error,
@@ -170,20 +200,12 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Wor
     Ok(())
 }
 
-/// Heartbeat, retry promotion and reclaim; failures are logged and tried again next time.
+/// Heartbeat and reclaim; failures are logged and tried again next time.
 async fn maintain(shared: &Shared, reclaim_after: Duration) {
     let consumer = &shared.consumer;
     if let Err(e) = consumer.heartbeat().await {
         tracing::warn!(error = &e as &dyn std::error::Error, "heartbeat failed");
         return;
-    }
-    match consumer.promote_due_retries().await {
-        Ok(0) => {}
-        Ok(n) => tracing::debug!(count = n, "retries due"),
-        Err(e) => tracing::warn!(
-            error = &e as &dyn std::error::Error,
-            "retry promotion failed"
-        ),
     }
     match consumer.reclaim(reclaim_after).await {
         Ok(0) => {}
