@@ -175,6 +175,48 @@ fn tenant_not_found(tenant: &str) -> ApiError {
     ApiError::not_found(format!("tenant `{tenant}` does not exist"))
 }
 
+/// Stores the `pending` row, then queues its job; if queueing fails, deletes the row again.
+async fn store_and_enqueue(
+    pool: sqlx::PgPool,
+    queue: crate::queue::Queue,
+    tenant: TenantId,
+    ticket: TicketId,
+    context: Value,
+) -> Result<EnhancementRow, ApiError> {
+    let id = Uuid::now_v7();
+    let mut tx = TenantTx::begin(&pool, &tenant).await?;
+    let row = match enhancements::insert(&mut tx, id, &ticket, &context).await {
+        Ok(row) => row,
+        Err(e) if violated_constraint(&e) == Some(TENANT_FK) => {
+            return Err(tenant_not_found(tenant.as_str()));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    tx.commit().await?;
+
+    let job = Job::new(JobKind::Enhancement {
+        enhancement_id: id,
+        tenant_id: tenant.as_str().to_owned(),
+    });
+    if let Err(e) = queue.enqueue(&job).await {
+        // No row without a job: take the row back before answering.
+        let undo = async {
+            let mut tx = TenantTx::begin(&pool, &tenant).await?;
+            enhancements::delete(&mut tx, id).await?;
+            tx.commit().await
+        };
+        if let Err(undo_error) = undo.await {
+            tracing::error!(
+                enhancement_id = %id,
+                error = &undo_error as &dyn std::error::Error,
+                "could not remove the enhancement whose job was not queued"
+            );
+        }
+        return Err(e.into());
+    }
+    Ok(row)
+}
+
 #[OpenApi(prefix_path = "/api/v1")]
 impl EnhancementsApi {
     /// Request an enhancement: stores it as `pending` and queues its job.
@@ -194,39 +236,12 @@ impl EnhancementsApi {
         let ticket = TicketId::parse(body.ticket_id.as_ref())?;
         let context = Value::Object(body.context.unwrap_or_default().into_iter().collect());
         storable_json("context", &context)?;
-        let id = Uuid::now_v7();
-        let pool = &self.state.pool;
-
-        let mut tx = TenantTx::begin(pool, &tenant).await?;
-        let row = match enhancements::insert(&mut tx, id, &ticket, &context).await {
-            Ok(row) => row,
-            Err(e) if violated_constraint(&e) == Some(TENANT_FK) => {
-                return Err(tenant_not_found(tenant.as_str()));
-            }
-            Err(e) => return Err(e.into()),
-        };
-        tx.commit().await?;
-
-        let job = Job::new(JobKind::Enhancement {
-            enhancement_id: id,
-            tenant_id: tenant.as_str().to_owned(),
-        });
-        if let Err(e) = self.state.queue.enqueue(&job).await {
-            // No row without a job: take the row back before answering.
-            let undo = async {
-                let mut tx = TenantTx::begin(pool, &tenant).await?;
-                enhancements::delete(&mut tx, id).await?;
-                tx.commit().await
-            };
-            if let Err(undo_error) = undo.await {
-                tracing::error!(
-                    enhancement_id = %id,
-                    error = &undo_error as &dyn std::error::Error,
-                    "could not remove the enhancement whose job was not queued"
-                );
-            }
-            return Err(e.into());
-        }
+        // Its own task: once the row is committed, the job is queued (or the row taken back)
+        // even if the client hangs up or the request deadline fires in between.
+        let (pool, queue) = (self.state.pool.clone(), self.state.queue.clone());
+        let row = tokio::spawn(store_and_enqueue(pool, queue, tenant, ticket, context))
+            .await
+            .map_err(|_| ApiError::internal())??;
         Ok(Accepted::Accepted(Json(row.into())))
     }
 
