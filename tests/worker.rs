@@ -1,0 +1,1312 @@
+//! The worker as operators run it: a real `ai-agents-worker` process against real PostgreSQL and
+//! Redis, no mocks.
+//!
+//! Every test gets its own database (migrated by the owner, used by the worker as the application
+//! role) and its own Redis key prefix. Failures and slowness are injected by triggers the test
+//! installs as the owner in its own database:
+//!
+//! * `test_on_processing` fires when a row moves to `processing` (the start of every attempt).
+//!   Per ticket it can sleep, count the attempt in a sequence (`attempts_TICKET`; sequences are
+//!   not transactional, so a counted attempt stays counted when the trigger then fails it) and
+//!   raise SQLSTATE 40001 (serialization failure, a transient error) for the first
+//!   `fail_times` attempts. The ticket `*` applies its sleep to every row.
+//! * `test_count_completion` records every transition to `completed` in `test_completions`, so
+//!   "exactly once" is counted by the database itself.
+
+mod common;
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    process::ExitStatus,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use ai_agents::{
+    config::{Config, Requirements},
+    queue::{DeadLetter, GROUP, Job, JobKind, Queue, QueueStats, RedisPool},
+};
+use common::{TestApp, TestDb, eventually, queue_prefix, test_vars};
+use sqlx::{AssertSqlSafe, PgPool};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncRead, BufReader},
+    process::Child,
+    task::JoinSet,
+};
+use uuid::Uuid;
+
+const WORKER: &str = env!("CARGO_BIN_EXE_ai-agents-worker");
+const TENANT: &str = "acme";
+
+/// The probes every test database gets (see the module documentation).
+const PROBES: &str = r#"
+CREATE TABLE test_plan (
+    ticket_id  text    PRIMARY KEY,
+    fail_times integer NOT NULL DEFAULT 0,
+    sleep_ms   integer NOT NULL DEFAULT 0
+);
+CREATE TABLE test_completions (
+    enhancement_id uuid        NOT NULL,
+    at             timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+
+CREATE FUNCTION test_on_processing() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public AS $$
+DECLARE
+    planned test_plan;
+    attempt bigint;
+BEGIN
+    SELECT * INTO planned FROM test_plan
+    WHERE ticket_id IN (NEW.ticket_id, '*')
+    ORDER BY ticket_id = '*'
+    LIMIT 1;
+    IF NOT FOUND THEN
+        RETURN NEW;
+    END IF;
+    IF planned.sleep_ms > 0 THEN
+        PERFORM pg_sleep(planned.sleep_ms / 1000.0);
+    END IF;
+    IF planned.ticket_id <> '*' THEN
+        attempt := nextval(format('%I', 'attempts_' || planned.ticket_id)::regclass);
+        IF attempt <= planned.fail_times THEN
+            RAISE EXCEPTION 'injected failure % of ticket %', attempt, NEW.ticket_id
+                USING ERRCODE = '40001';
+        END IF;
+    END IF;
+    RETURN NEW;
+END;
+$$;
+CREATE TRIGGER test_on_processing
+    BEFORE UPDATE ON enhancement_history
+    FOR EACH ROW WHEN (NEW.status = 'processing')
+    EXECUTE FUNCTION test_on_processing();
+
+CREATE FUNCTION test_count_completion() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public AS $$
+BEGIN
+    INSERT INTO test_completions (enhancement_id) VALUES (NEW.id);
+    RETURN NULL;
+END;
+$$;
+CREATE TRIGGER test_count_completion
+    AFTER UPDATE ON enhancement_history
+    FOR EACH ROW WHEN (NEW.status = 'completed' AND OLD.status IS DISTINCT FROM 'completed')
+    EXECUTE FUNCTION test_count_completion();
+"#;
+
+/// A row of `enhancement_history`, as the tests look at it.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+struct Row {
+    id: Uuid,
+    ticket_id: String,
+    status: String,
+    error_message: Option<String>,
+    processing_time_ms: Option<i32>,
+    completed_at: Option<chrono::DateTime<chrono::Utc>>,
+    updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// A test's database, queue and worker settings.
+struct Env {
+    app_url: String,
+    owner: PgPool,
+    prefix: String,
+    redis_url: String,
+    queue: Queue,
+}
+
+impl Env {
+    /// A fresh database with the probes and the tenant, on the shared Redis.
+    async fn new() -> Self {
+        Self::on_redis(&common::redis_url()).await
+    }
+
+    /// A fresh database with the probes and the tenant, on `redis_url`.
+    async fn on_redis(redis_url: &str) -> Self {
+        let db = TestDb::new().await;
+        let prefix = queue_prefix();
+        let env = Self {
+            owner: db.owner_pool().await,
+            app_url: db.app_url.clone(),
+            queue: Queue::new(redis_pool(redis_url), &prefix),
+            prefix,
+            redis_url: redis_url.to_owned(),
+        };
+        env.install_probes().await;
+        env.insert_tenant().await;
+        env
+    }
+
+    /// The database and prefix of a running API (its tenants are created through HTTP).
+    async fn of_app(app: &TestApp) -> Self {
+        let env = Self {
+            owner: app.db.owner_pool().await,
+            app_url: app.db.app_url.clone(),
+            prefix: app.prefix.clone(),
+            redis_url: common::redis_url(),
+            queue: app.queue.clone(),
+        };
+        env.install_probes().await;
+        env
+    }
+
+    async fn install_probes(&self) {
+        sqlx::raw_sql(PROBES)
+            .execute(&self.owner)
+            .await
+            .expect("probes install");
+    }
+
+    async fn insert_tenant(&self) {
+        let mut tx = self.tenant_tx().await;
+        sqlx::query(
+            "INSERT INTO tenant_configs (tenant_id, name, servicedesk_url,
+                 servicedesk_api_key_encrypted, webhook_signing_secret_encrypted)
+             VALUES ($1, 'Acme', 'https://desk.example.com', 'v1:unused', 'v1:unused')",
+        )
+        .bind(TENANT)
+        .execute(&mut *tx)
+        .await
+        .expect("tenant inserted");
+        tx.commit().await.expect("commit");
+    }
+
+    /// A transaction of the owner in which row-level security admits the tenant's rows.
+    async fn tenant_tx(&self) -> sqlx::Transaction<'static, sqlx::Postgres> {
+        let mut tx = self.owner.begin().await.expect("begin");
+        sqlx::query("SELECT set_config('app.current_tenant_id', $1, true)")
+            .bind(TENANT)
+            .execute(&mut *tx)
+            .await
+            .expect("tenant scope");
+        tx
+    }
+
+    /// Makes the first `fail_times` attempts of `ticket` fail transiently, each after `sleep_ms`,
+    /// and counts its attempts.
+    async fn plan(&self, ticket: &str, fail_times: i32, sleep_ms: i32) {
+        sqlx::query("INSERT INTO test_plan (ticket_id, fail_times, sleep_ms) VALUES ($1, $2, $3)")
+            .bind(ticket)
+            .bind(fail_times)
+            .bind(sleep_ms)
+            .execute(&self.owner)
+            .await
+            .expect("plan stored");
+        if ticket != "*" {
+            sqlx::query(AssertSqlSafe(format!(
+                r#"CREATE SEQUENCE "attempts_{ticket}""#
+            )))
+            .execute(&self.owner)
+            .await
+            .expect("attempt counter");
+        }
+    }
+
+    /// Attempts made so far on a planned ticket.
+    async fn attempts(&self, ticket: &str) -> i64 {
+        sqlx::query_scalar(AssertSqlSafe(format!(
+            r#"SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM "attempts_{ticket}""#
+        )))
+        .fetch_one(&self.owner)
+        .await
+        .expect("attempt counter")
+    }
+
+    /// Stores `pending` rows for `tickets` (as the API does, without queueing); their ids.
+    async fn insert(&self, tickets: &[String]) -> Vec<Uuid> {
+        let ids: Vec<Uuid> = tickets.iter().map(|_| Uuid::now_v7()).collect();
+        let mut tx = self.tenant_tx().await;
+        sqlx::query(
+            "INSERT INTO enhancement_history (id, tenant_id, ticket_id, status)
+             SELECT id, $2, ticket, 'pending' FROM UNNEST($1::uuid[], $3::text[]) AS t(id, ticket)",
+        )
+        .bind(&ids)
+        .bind(TENANT)
+        .bind(tickets)
+        .execute(&mut *tx)
+        .await
+        .expect("rows inserted");
+        tx.commit().await.expect("commit");
+        ids
+    }
+
+    /// `n` rows with tickets `T-0` … and their jobs queued.
+    async fn insert_and_enqueue(&self, n: usize) -> Vec<Uuid> {
+        let tickets: Vec<String> = (0..n).map(|i| format!("T-{i}")).collect();
+        let ids = self.insert(&tickets).await;
+        self.enqueue(&ids).await;
+        ids
+    }
+
+    async fn enqueue(&self, ids: &[Uuid]) {
+        for id in ids {
+            self.queue
+                .enqueue(&enhancement_job(*id))
+                .await
+                .expect("job queued");
+        }
+    }
+
+    async fn rows(&self) -> Vec<Row> {
+        let mut tx = self.tenant_tx().await;
+        let rows = sqlx::query_as(
+            "SELECT id, ticket_id, status, error_message, processing_time_ms, completed_at,
+                    updated_at
+             FROM enhancement_history ORDER BY id",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .expect("rows");
+        tx.commit().await.expect("commit");
+        rows
+    }
+
+    async fn row(&self, id: Uuid) -> Row {
+        self.rows()
+            .await
+            .into_iter()
+            .find(|r| r.id == id)
+            .expect("row exists")
+    }
+
+    /// Rows per status.
+    async fn statuses(&self) -> HashMap<String, i64> {
+        let mut tx = self.tenant_tx().await;
+        let counts: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, count(*) FROM enhancement_history GROUP BY status")
+                .fetch_all(&mut *tx)
+                .await
+                .expect("counts");
+        tx.commit().await.expect("commit");
+        counts.into_iter().collect()
+    }
+
+    /// Transitions to `completed` recorded by the trigger: (all, distinct rows, most per row).
+    async fn completions(&self) -> (i64, i64, i64) {
+        sqlx::query_as(
+            "SELECT count(*),
+                    count(DISTINCT enhancement_id),
+                    coalesce((SELECT max(n) FROM (SELECT count(*) AS n FROM test_completions
+                                                  GROUP BY enhancement_id) per_row), 0)
+             FROM test_completions",
+        )
+        .fetch_one(&self.owner)
+        .await
+        .expect("completions")
+    }
+
+    async fn completed(&self) -> i64 {
+        self.completions().await.0
+    }
+
+    async fn stats(&self) -> QueueStats {
+        self.queue.stats().await.expect("queue stats")
+    }
+
+    async fn dead_letters(&self) -> Vec<DeadLetter> {
+        self.queue.dead_letters(100).await.expect("dead letters")
+    }
+
+    /// Worker variables: the test configuration, quick retries and reclaim, then `extra`.
+    fn worker_vars(&self, extra: &[(&str, &str)]) -> HashMap<String, String> {
+        let mut vars = test_vars(&self.app_url, &self.redis_url, &self.prefix);
+        let defaults = [
+            ("AI_AGENTS_WORKER_CONCURRENCY", "4"),
+            ("AI_AGENTS_DATABASE_POOL_SIZE", "8"),
+            ("AI_AGENTS_WORKER_MAX_RETRIES", "3"),
+            ("AI_AGENTS_WORKER_RETRY_BASE_MS", "200"),
+            ("AI_AGENTS_WORKER_RECLAIM_AFTER_SECS", "3"),
+        ];
+        for (name, value) in defaults.iter().chain(extra) {
+            vars.insert((*name).to_owned(), (*value).to_owned());
+        }
+        vars
+    }
+
+    /// Runs one Redis command on the test's connection.
+    async fn redis<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> T {
+        let mut conn = self.queue.redis().get();
+        cmd.query_async(&mut conn).await.expect("redis command")
+    }
+
+    /// Whether a worker's heartbeat is in Redis.
+    async fn worker_alive(&self) -> bool {
+        let keys: Vec<String> = self
+            .redis(redis::cmd("KEYS").arg(format!("{}:alive:*", self.prefix)))
+            .await;
+        !keys.is_empty()
+    }
+}
+
+/// A Redis connection pool with the test settings.
+fn redis_pool(redis_url: &str) -> RedisPool {
+    let vars = test_vars("postgres://unused@127.0.0.1/unused", redis_url, "unused");
+    let config = Config::from_map(&vars, Requirements::Worker).expect("test config is valid");
+    RedisPool::new(&config.redis).expect("redis url")
+}
+
+fn enhancement_job(id: Uuid) -> Job {
+    Job::new(JobKind::Enhancement {
+        enhancement_id: id,
+        tenant_id: TENANT.to_owned(),
+    })
+}
+
+fn stats(pending: u64, in_flight: u64, retrying: u64, dead: u64) -> QueueStats {
+    QueueStats {
+        pending,
+        in_flight,
+        retrying,
+        dead,
+    }
+}
+
+/// A running `ai-agents-worker` whose output is collected (so it never blocks on a full pipe).
+struct Worker {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Worker {
+    fn start(vars: &HashMap<String, String>) -> Self {
+        let mut child = common::command(WORKER, vars)
+            .spawn()
+            .expect("worker starts");
+        let log = Arc::new(Mutex::new(String::new()));
+        if let Some(out) = child.stdout.take() {
+            tokio::spawn(collect(out, Arc::clone(&log)));
+        }
+        if let Some(err) = child.stderr.take() {
+            tokio::spawn(collect(err, Arc::clone(&log)));
+        }
+        Self { child, log }
+    }
+
+    /// Sends a signal by name (`TERM`, `KILL`).
+    fn signal(&self, name: &str) {
+        let pid = self.child.id().expect("worker still running");
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{name} {pid} failed");
+    }
+
+    /// SIGKILL, and reap.
+    async fn kill9(&mut self) {
+        self.signal("KILL");
+        self.exit(Duration::from_secs(5))
+            .await
+            .expect("a killed worker exits");
+    }
+
+    /// Waits up to `limit` for the process to end.
+    async fn exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        tokio::time::timeout(limit, self.child.wait())
+            .await
+            .ok()
+            .map(|status| status.expect("wait for worker"))
+    }
+
+    /// The last lines of its output, for failure messages.
+    fn log(&self) -> String {
+        let log = self.log.lock().expect("log lock");
+        let start = log.len().saturating_sub(6000);
+        let start = (start..log.len())
+            .find(|i| log.is_char_boundary(*i))
+            .unwrap_or(log.len());
+        log[start..].to_owned()
+    }
+}
+
+async fn collect(reader: impl AsyncRead + Unpin, log: Arc<Mutex<String>>) {
+    let mut lines = BufReader::new(reader).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let mut log = log.lock().expect("log lock");
+        log.push_str(&line);
+        log.push('\n');
+    }
+}
+
+/// Waits until `n` transitions to `completed` were recorded, or `limit` passes.
+async fn until_completed(env: &Env, n: i64, limit: Duration) -> bool {
+    eventually(limit, || async { env.completed().await >= n }).await
+}
+
+/// Waits until the queue is empty (nothing pending, in flight or retrying) with `dead` letters.
+async fn until_idle(env: &Env, dead: u64, limit: Duration) -> bool {
+    eventually(limit, || async {
+        env.stats().await == stats(0, 0, 0, dead)
+    })
+    .await
+}
+
+/// Every row completed exactly once, with its processing time and completion time.
+async fn assert_all_completed_once(env: &Env, n: usize, worker_log: &str) {
+    let rows = env.rows().await;
+    assert_eq!(rows.len(), n);
+    let unfinished: Vec<&Row> = rows
+        .iter()
+        .filter(|r| {
+            r.status != "completed" || r.processing_time_ms.is_none() || r.completed_at.is_none()
+        })
+        .collect();
+    assert!(
+        unfinished.is_empty(),
+        "{} rows not completed, e.g. {:?}\n{worker_log}",
+        unfinished.len(),
+        unfinished.first()
+    );
+    let expected = i64::try_from(n).expect("small n");
+    assert_eq!(
+        env.completions().await,
+        (expected, expected, 1),
+        "each row must move to `completed` exactly once"
+    );
+}
+
+// 1 ------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_jobs_complete_exactly_once() {
+    const N: usize = 1000;
+    // Fewer lanes than the test API's 5 database connections: no request waits for one.
+    const LANES: usize = 4;
+    let app = Arc::new(TestApp::spawn().await);
+    let env = Env::of_app(&app).await;
+    app.create_tenant(TENANT).await;
+
+    // Requests through the API: row and job in one logical step.
+    let mut posts = JoinSet::new();
+    for lane in 0..LANES {
+        let app = Arc::clone(&app);
+        posts.spawn(async move {
+            for i in (lane..N).step_by(LANES) {
+                app.create_enhancement(TENANT, &format!("T-{i}")).await;
+            }
+        });
+    }
+    while let Some(done) = posts.join_next().await {
+        done.expect("requests sent");
+    }
+    assert_eq!(env.stats().await, stats(N as u64, 0, 0, 0));
+
+    let started = Instant::now();
+    let mut worker = Worker::start(&env.worker_vars(&[
+        ("AI_AGENTS_WORKER_CONCURRENCY", "8"),
+        ("AI_AGENTS_DATABASE_POOL_SIZE", "10"),
+    ]));
+    let drained = until_completed(&env, N as i64, Duration::from_secs(30)).await;
+    let drain = started.elapsed();
+    assert!(drained, "not drained in 30 s:\n{}", worker.log());
+    assert!(
+        until_idle(&env, 0, Duration::from_secs(5)).await,
+        "queue not empty: {:?}",
+        env.stats().await
+    );
+    eprintln!(
+        "drain: {N} jobs in {:.2} s ({:.0} jobs/s, concurrency 8, from process start)",
+        drain.as_secs_f64(),
+        N as f64 / drain.as_secs_f64()
+    );
+    assert_all_completed_once(&env, N, &worker.log()).await;
+    assert_eq!(env.stats().await, QueueStats::default());
+
+    worker.signal("TERM");
+    let status = worker.exit(Duration::from_secs(8)).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        worker.log()
+    );
+}
+
+/// "No row without a job" must hold even when the request's deadline fires between the commit of
+/// the row and the `XADD` of its job: the client gets a 503, so there must be no `pending` row
+/// left that no job will ever process. A deferred constraint trigger makes the commit itself
+/// outlast the 2 s request deadline.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_cut_by_its_deadline_leaves_no_row_without_a_job() {
+    let db = TestDb::new().await;
+    let url = db.app_url.clone();
+    let app = TestApp::spawn_with(db, &url, &common::redis_url(), |vars| {
+        vars.insert("AI_AGENTS_REQUEST_TIMEOUT_SECS".into(), "2".into());
+    })
+    .await;
+    let env = Env::of_app(&app).await;
+    app.create_tenant(TENANT).await;
+    sqlx::raw_sql(
+        r#"
+        CREATE FUNCTION test_slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            PERFORM pg_sleep(3);
+            RETURN NULL;
+        END;
+        $$;
+        CREATE CONSTRAINT TRIGGER test_slow_commit
+            AFTER INSERT ON enhancement_history
+            DEFERRABLE INITIALLY DEFERRED
+            FOR EACH ROW WHEN (NEW.ticket_id = 'slow-commit')
+            EXECUTE FUNCTION test_slow_commit();
+        "#,
+    )
+    .execute(&env.owner)
+    .await
+    .expect("slow commit trigger");
+
+    let response = app
+        .req(reqwest::Method::POST, "/api/v1/enhancements")
+        .json(&serde_json::json!({"tenant_id": TENANT, "ticket_id": "slow-commit"}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 503, "the deadline answers");
+    // Let the commit finish on the server.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rows = env.rows().await;
+    let queued = env.stats().await;
+    assert!(
+        rows.is_empty() || queued.pending == rows.len() as u64,
+        "rows {rows:?} but queue {queued:?}: a pending row that no job will ever process"
+    );
+}
+
+// 2 ------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn transient_failures_are_retried_then_dead_lettered() {
+    let env = Env::new().await;
+    env.plan("flaky", 2, 0).await;
+    env.plan("doomed", 1_000, 0).await;
+    let ids = env
+        .insert(&["flaky".into(), "doomed".into(), "steady".into()])
+        .await;
+    let (flaky, doomed, steady) = (ids[0], ids[1], ids[2]);
+    env.enqueue(&ids).await;
+
+    let worker = Worker::start(&env.worker_vars(&[
+        ("AI_AGENTS_WORKER_MAX_RETRIES", "3"),
+        ("AI_AGENTS_WORKER_RETRY_BASE_MS", "200"),
+    ]));
+    let settled = eventually(Duration::from_secs(25), || async {
+        env.stats().await == stats(0, 0, 0, 1)
+            && env.row(doomed).await.status == "failed"
+            && env.row(flaky).await.status == "completed"
+    })
+    .await;
+    assert!(settled, "{:?}\n{}", env.rows().await, worker.log());
+
+    // Fails twice, then succeeds: three attempts.
+    assert_eq!(env.attempts("flaky").await, 3);
+    assert_eq!(env.row(steady).await.status, "completed");
+    // Always fails: the first attempt and max_retries more, then failed and dead-lettered.
+    assert_eq!(env.attempts("doomed").await, 4);
+    let row = env.row(doomed).await;
+    let error = row.error_message.expect("failed row has an error message");
+    assert!(error.contains("gave up after 4 attempts"), "{error}");
+    assert!(error.contains("injected failure"), "{error}");
+    assert!(row.completed_at.is_some());
+    let letters = env.dead_letters().await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].attempts, 4);
+    let job = Job::decode(&letters[0].job).expect("dead letter holds the job");
+    assert_eq!(job.kind, enhancement_job(doomed).kind);
+    assert_eq!(job.attempt, 3, "the job as last delivered");
+    let dead_len: u64 = env
+        .redis(redis::cmd("LLEN").arg(&env.queue.keys().dead))
+        .await;
+    assert_eq!(dead_len, 1);
+
+    // Nothing more happens to either of them.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(env.attempts("flaky").await, 3);
+    assert_eq!(env.attempts("doomed").await, 4);
+    assert_eq!(env.stats().await, stats(0, 0, 0, 1));
+    assert_eq!(env.completions().await, (2, 2, 1));
+}
+
+/// The schedule between attempts is base, 2×base (+ ≤ 10 % jitter), not later than that by more
+/// than a little scheduling slack.
+#[tokio::test(flavor = "multi_thread")]
+async fn retry_delays_follow_the_backoff_schedule() {
+    const BASE: f64 = 0.5;
+    const SLACK: f64 = 0.5;
+    let env = Env::new().await;
+    env.plan("doomed", 1_000, 0).await;
+    let ids = env.insert(&["doomed".into()]).await;
+    env.enqueue(&ids).await;
+    let worker = Worker::start(&env.worker_vars(&[
+        ("AI_AGENTS_WORKER_MAX_RETRIES", "2"),
+        ("AI_AGENTS_WORKER_RETRY_BASE_MS", "500"),
+    ]));
+
+    // Timestamps of the attempts, from the attempt counter polled every 10 ms.
+    let mut seen: Vec<Instant> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen.len() < 3 && Instant::now() < deadline {
+        let n = usize::try_from(env.attempts("doomed").await).expect("count");
+        while seen.len() < n {
+            seen.push(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(seen.len(), 3, "three attempts expected:\n{}", worker.log());
+    let gaps: Vec<f64> = seen
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_secs_f64())
+        .collect();
+    eprintln!(
+        "retry delays with base {BASE} s: {:.3} s, {:.3} s (nominal {BASE}, {})",
+        gaps[0],
+        gaps[1],
+        2.0 * BASE
+    );
+    for (i, gap) in gaps.iter().enumerate() {
+        let nominal = BASE * f64::from(1_u32 << i);
+        assert!(
+            *gap >= nominal * 0.95 && *gap <= nominal * 1.1 + SLACK,
+            "delay before retry {} was {gap:.3} s, nominal {nominal} s (+10 % jitter, +{SLACK} s slack)",
+            i + 1
+        );
+    }
+    assert!(
+        until_idle(&env, 1, Duration::from_secs(10)).await,
+        "{:?}",
+        env.stats().await
+    );
+}
+
+// 3 ------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn permanent_errors_are_dead_lettered_at_once() {
+    let env = Env::new().await;
+    // A row that does not exist, of an existing tenant.
+    env.queue
+        .enqueue(&enhancement_job(Uuid::now_v7()))
+        .await
+        .expect("queued");
+    // A tenant id that can never be valid.
+    env.queue
+        .enqueue(&Job::new(JobKind::Enhancement {
+            enhancement_id: Uuid::now_v7(),
+            tenant_id: "Not A Tenant!".into(),
+        }))
+        .await
+        .expect("queued");
+    // Text that is no job, and an entry without the `job` field.
+    let jobs = env.queue.keys().jobs.clone();
+    let _: String = env
+        .redis(
+            redis::cmd("XADD")
+                .arg(&jobs)
+                .arg("*")
+                .arg("job")
+                .arg("this is not a job"),
+        )
+        .await;
+    let _: String = env
+        .redis(redis::cmd("XADD").arg(&jobs).arg("*").arg("other").arg("x"))
+        .await;
+
+    let worker = Worker::start(&env.worker_vars(&[("AI_AGENTS_WORKER_MAX_RETRIES", "3")]));
+    let most_retrying = std::cell::Cell::new(0);
+    let dead = eventually(Duration::from_secs(10), || async {
+        let now = env.stats().await;
+        most_retrying.set(most_retrying.get().max(now.retrying));
+        now == stats(0, 0, 0, 4)
+    })
+    .await;
+    assert!(dead, "{:?}\n{}", env.stats().await, worker.log());
+    assert_eq!(most_retrying.get(), 0, "a permanent error is never retried");
+
+    let letters = env.dead_letters().await;
+    assert!(letters.iter().all(|l| l.attempts == 1), "{letters:?}");
+    let errors: Vec<&str> = letters.iter().map(|l| l.error.as_str()).collect();
+    let with = |s: &str| errors.iter().filter(|e| e.contains(s)).count();
+    assert_eq!(with("no longer exists"), 1, "{errors:?}");
+    assert_eq!(with("bad payload"), 1, "{errors:?}");
+    assert_eq!(with("undecodable job payload"), 2, "{errors:?}");
+
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(env.stats().await, stats(0, 0, 0, 4));
+}
+
+/// A payload that is not even UTF-8 is just as undecodable: it must be dead-lettered, not stay
+/// in flight forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn binary_garbage_is_dead_lettered() {
+    let env = Env::new().await;
+    let jobs = env.queue.keys().jobs.clone();
+    let _: String = env
+        .redis(
+            redis::cmd("XADD")
+                .arg(&jobs)
+                .arg("*")
+                .arg("job")
+                .arg(&[0xff_u8, 0xfe, 0x00, 0x80][..]),
+        )
+        .await;
+    // A good job behind it still gets done.
+    let ids = env.insert_and_enqueue(1).await;
+    let worker = Worker::start(&env.worker_vars(&[]));
+    assert!(
+        until_completed(&env, 1, Duration::from_secs(10)).await,
+        "{}",
+        worker.log()
+    );
+    assert_eq!(env.row(ids[0]).await.status, "completed");
+    assert!(
+        until_idle(&env, 1, Duration::from_secs(8)).await,
+        "binary payload not dead-lettered: {:?}\n{}",
+        env.stats().await,
+        worker.log()
+    );
+}
+
+// 4 ------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_mid_drain_loses_nothing() {
+    const N: usize = 300;
+    let env = Env::new().await;
+    env.plan("*", 0, 50).await;
+    env.insert_and_enqueue(N).await;
+    let vars = env.worker_vars(&[("AI_AGENTS_WORKER_RECLAIM_AFTER_SECS", "2")]);
+
+    let mut first = Worker::start(&vars);
+    assert!(
+        until_completed(&env, 60, Duration::from_secs(20)).await,
+        "{}",
+        first.log()
+    );
+    first.kill9().await;
+    let at_kill = env.completed().await;
+    let held = env.stats().await.in_flight;
+    assert!(at_kill < N as i64, "the kill came too late to matter");
+    eprintln!("kill -9 after {at_kill} of {N} completions, {held} jobs held by the dead worker");
+
+    let restarted = Instant::now();
+    let second = Worker::start(&vars);
+    assert!(
+        until_completed(&env, N as i64, Duration::from_secs(25)).await,
+        "{:?} {:?}\n{}",
+        env.statuses().await,
+        env.stats().await,
+        second.log()
+    );
+    eprintln!(
+        "kill -9: the second worker finished the rest in {:.2} s",
+        restarted.elapsed().as_secs_f64()
+    );
+    assert!(
+        until_idle(&env, 0, Duration::from_secs(5)).await,
+        "{:?}",
+        env.stats().await
+    );
+    assert_all_completed_once(&env, N, &second.log()).await;
+}
+
+/// Without the idle rule (reclaim after 150 s), the jobs of a killed worker come back once its
+/// heartbeat (TTL 10 s) has expired.
+#[tokio::test(flavor = "multi_thread")]
+async fn jobs_of_a_killed_worker_come_back_when_its_heartbeat_expires() {
+    const N: usize = 20;
+    let env = Env::new().await;
+    env.plan("*", 0, 300).await;
+    env.insert_and_enqueue(N).await;
+    let vars = env.worker_vars(&[("AI_AGENTS_WORKER_RECLAIM_AFTER_SECS", "150")]);
+
+    let mut first = Worker::start(&vars);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            env.completed().await >= 4 && env.stats().await.in_flight == 4
+        })
+        .await,
+        "{}",
+        first.log()
+    );
+    first.kill9().await;
+    let killed = Instant::now();
+    let held = env.stats().await.in_flight;
+    assert!(held > 0, "the dead worker held nothing");
+
+    let second = Worker::start(&vars);
+    assert!(
+        until_completed(&env, N as i64, Duration::from_secs(20)).await,
+        "{:?}\n{}",
+        env.stats().await,
+        second.log()
+    );
+    let back = killed.elapsed();
+    eprintln!(
+        "heartbeat reclaim: {held} held jobs of a kill -9'd worker done {:.2} s after the kill",
+        back.as_secs_f64()
+    );
+    // Heartbeat TTL 10 s + one maintenance period 2 s + the work itself.
+    assert!(back < Duration::from_secs(16), "{back:?}");
+    assert!(until_idle(&env, 0, Duration::from_secs(5)).await);
+    assert_all_completed_once(&env, N, &second.log()).await;
+}
+
+// 5 ------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_mid_drain_exits_cleanly_and_loses_nothing() {
+    const N: usize = 300;
+    const GRACE_SECS: u64 = 5;
+    let env = Env::new().await;
+    env.plan("*", 0, 50).await;
+    env.insert_and_enqueue(N).await;
+    let vars = env.worker_vars(&[("AI_AGENTS_SHUTDOWN_GRACE_SECS", "5")]);
+
+    let mut first = Worker::start(&vars);
+    assert!(
+        until_completed(&env, 60, Duration::from_secs(20)).await,
+        "{}",
+        first.log()
+    );
+    let signalled = Instant::now();
+    first.signal("TERM");
+    let status = first.exit(Duration::from_secs(GRACE_SECS + 2)).await;
+    let took = signalled.elapsed();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit {status:?} after {took:?}\n{}",
+        first.log()
+    );
+    let done = env.completed().await;
+    eprintln!(
+        "SIGTERM: exit 0 after {:.2} s with {done} of {N} done",
+        took.as_secs_f64()
+    );
+    assert!(done < N as i64, "the signal came too late to matter");
+    // In-flight work was finished and acknowledged, not abandoned.
+    let statuses = env.statuses().await;
+    assert_eq!(statuses.get("processing"), None, "{statuses:?}");
+    let left = env.stats().await;
+    assert_eq!(left.in_flight, 0, "{left:?}");
+    assert_eq!(left.pending, N as u64 - done as u64, "{left:?}");
+
+    let second = Worker::start(&vars);
+    assert!(
+        until_completed(&env, N as i64, Duration::from_secs(20)).await,
+        "{}",
+        second.log()
+    );
+    assert!(until_idle(&env, 0, Duration::from_secs(5)).await);
+    assert_all_completed_once(&env, N, &second.log()).await;
+}
+
+/// A job longer than the grace period is abandoned at the end of the grace (exit 0 all the
+/// same), and another worker takes it at once because the leaving worker removed its heartbeat.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_abandons_a_job_longer_than_the_grace_and_it_comes_back() {
+    let env = Env::new().await;
+    env.plan("long", 0, 5_000).await;
+    let ids = env.insert(&["long".into()]).await;
+    env.enqueue(&ids).await;
+    let vars = env.worker_vars(&[
+        ("AI_AGENTS_SHUTDOWN_GRACE_SECS", "2"),
+        ("AI_AGENTS_WORKER_RECLAIM_AFTER_SECS", "150"),
+    ]);
+
+    let mut first = Worker::start(&vars);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            env.stats().await.in_flight == 1
+        })
+        .await,
+        "{}",
+        first.log()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let signalled = Instant::now();
+    first.signal("TERM");
+    let status = first.exit(Duration::from_secs(4)).await;
+    let took = signalled.elapsed();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit {status:?} after {took:?}\n{}",
+        first.log()
+    );
+    assert!(
+        took >= Duration::from_millis(1_500),
+        "did not wait for the job: {took:?}"
+    );
+    assert_eq!(
+        env.stats().await.in_flight,
+        1,
+        "the abandoned job is still held"
+    );
+    assert!(!env.worker_alive().await, "the heartbeat was removed");
+
+    let second = Worker::start(&vars);
+    assert!(
+        until_completed(&env, 1, Duration::from_secs(15)).await,
+        "{:?}\n{}",
+        env.stats().await,
+        second.log()
+    );
+    eprintln!(
+        "SIGTERM with a 5 s job and 2 s grace: exit 0 after {:.2} s; job done {:.2} s after the signal",
+        took.as_secs_f64(),
+        signalled.elapsed().as_secs_f64()
+    );
+    assert!(until_idle(&env, 0, Duration::from_secs(5)).await);
+    assert_all_completed_once(&env, 1, &second.log()).await;
+}
+
+// 6 ------------------------------------------------------------------------------------------
+
+/// A redis-server of the test's own, with AOF, in a temporary directory.
+struct OwnRedis {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl OwnRedis {
+    async fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!("ai-agents-redis-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("redis dir");
+        let mut redis = Self {
+            port: common::closed_port(),
+            dir,
+            child: None,
+        };
+        redis.launch().await;
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn launch(&mut self) {
+        let child = tokio::process::Command::new("redis-server")
+            .arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(["--appendonly", "yes", "--appendfsync", "everysec"])
+            .args(["--save", ""])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server starts (is it on PATH?)");
+        self.child = Some(child);
+        let url = self.url();
+        let up = eventually(Duration::from_secs(10), || {
+            let url = url.clone();
+            async move {
+                let Ok(client) = redis::Client::open(url) else {
+                    return false;
+                };
+                let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+                    return false;
+                };
+                redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .is_ok_and(|p| p == "PONG")
+            }
+        })
+        .await;
+        assert!(up, "own redis-server did not come up");
+    }
+
+    /// SIGTERM (a graceful shutdown that flushes the AOF), then the same port and directory.
+    async fn restart(&mut self) {
+        let mut child = self.child.take().expect("running");
+        let pid = child.id().expect("pid");
+        let status = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .expect("redis-server stops")
+            .expect("wait");
+        self.launch().await;
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.start_kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_restart_with_aof_keeps_queued_jobs() {
+    const N: usize = 50;
+    let mut redis = OwnRedis::start().await;
+    let env = Env::on_redis(&redis.url()).await;
+    env.insert_and_enqueue(N).await;
+    // A consumer that took two jobs and will never come back (no heartbeat).
+    env.queue.ensure_group().await.expect("group");
+    let _: redis::Value = env
+        .redis(
+            redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(GROUP)
+                .arg("ghost")
+                .arg("COUNT")
+                .arg(2)
+                .arg("STREAMS")
+                .arg(&env.queue.keys().jobs)
+                .arg(">"),
+        )
+        .await;
+    assert_eq!(env.stats().await, stats(N as u64 - 2, 2, 0, 0));
+
+    redis.restart().await;
+    // A fresh pool: the old connections died with the server.
+    let queue = Queue::new(redis_pool(&redis.url()), &env.prefix);
+    assert_eq!(
+        queue.stats().await.expect("stats after restart"),
+        stats(N as u64 - 2, 2, 0, 0),
+        "the stream, the group and its pending entries survive the restart"
+    );
+
+    let worker = Worker::start(&env.worker_vars(&[]));
+    assert!(
+        until_completed(&env, N as i64, Duration::from_secs(15)).await,
+        "{:?}\n{}",
+        env.statuses().await,
+        worker.log()
+    );
+    let env = Env { queue, ..env };
+    assert!(until_idle(&env, 0, Duration::from_secs(5)).await);
+    assert_all_completed_once(&env, N, &worker.log()).await;
+}
+
+// 7 ------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_outage_mid_drain_is_ridden_out() {
+    const N: usize = 300;
+    let env = Env::new().await;
+    env.plan("*", 0, 20).await;
+    env.insert_and_enqueue(N).await;
+    let relay = common::Outage::relay(&common::host_port(&env.app_url)).await;
+    let through_relay = common::via(&env.app_url, relay.addr);
+    let worker = Worker::start(&env.worker_vars(&[
+        ("AI_AGENTS_DATABASE_URL", &through_relay),
+        ("AI_AGENTS_WORKER_RETRY_BASE_MS", "500"),
+        ("AI_AGENTS_WORKER_MAX_RETRIES", "3"),
+    ]));
+    assert!(
+        until_completed(&env, 40, Duration::from_secs(20)).await,
+        "{}",
+        worker.log()
+    );
+
+    relay.down();
+    let cut = Instant::now();
+    let mut most_retrying = 0;
+    while cut.elapsed() < Duration::from_secs(2) {
+        most_retrying = most_retrying.max(env.stats().await.retrying);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    relay.up();
+    let done_at_restore = env.completed().await;
+    eprintln!(
+        "PostgreSQL outage of 2 s: {done_at_restore} of {N} done at restore, \
+         up to {most_retrying} jobs waiting for a retry during the outage"
+    );
+    assert!(
+        done_at_restore < N as i64,
+        "the outage came too late to matter"
+    );
+    assert!(most_retrying > 0, "the outage was not noticed");
+
+    assert!(
+        until_completed(&env, N as i64, Duration::from_secs(30)).await,
+        "{:?} {:?}\n{}",
+        env.statuses().await,
+        env.stats().await,
+        worker.log()
+    );
+    assert!(
+        until_idle(&env, 0, Duration::from_secs(10)).await,
+        "{:?}",
+        env.stats().await
+    );
+    assert_all_completed_once(&env, N, &worker.log()).await;
+    assert_eq!(env.statuses().await.get("failed"), None);
+}
+
+// 8 ------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ping_answers_only_with_a_worker_running() {
+    let env = Env::new().await;
+    let worker = Worker::start(&env.worker_vars(&[]));
+    assert!(
+        eventually(Duration::from_secs(10), || env.worker_alive()).await,
+        "worker not up:\n{}",
+        worker.log()
+    );
+    let lonely_prefix = queue_prefix();
+    let lonely_vars = test_vars(&env.app_url, &env.redis_url, &lonely_prefix);
+
+    let ping = |vars: HashMap<String, String>| async move {
+        let started = Instant::now();
+        let output = tokio::time::timeout(
+            Duration::from_secs(20),
+            common::command(WORKER, &vars).arg("ping").output(),
+        )
+        .await
+        .expect("ping ends")
+        .expect("ping runs");
+        (output, started.elapsed())
+    };
+    let ((answered, fast), (unanswered, slow)) =
+        tokio::join!(ping(env.worker_vars(&[])), ping(lonely_vars));
+
+    let stdout = String::from_utf8_lossy(&answered.stdout);
+    assert!(answered.status.success(), "{answered:?}\n{}", worker.log());
+    assert!(stdout.contains("pong"), "{stdout}");
+    assert!(fast < Duration::from_secs(5), "{fast:?}");
+
+    assert!(!unanswered.status.success(), "{unanswered:?}");
+    assert!(
+        String::from_utf8_lossy(&unanswered.stderr).contains("no worker answered"),
+        "{unanswered:?}"
+    );
+    assert!(slow < Duration::from_secs(12), "{slow:?}");
+    eprintln!(
+        "ping: answered in {:.2} s; without a worker gave up after {:.2} s",
+        fast.as_secs_f64(),
+        slow.as_secs_f64()
+    );
+    // The unanswered ping does not stay behind for a future worker.
+    let lonely = Queue::new(redis_pool(&env.redis_url), &lonely_prefix);
+    assert_eq!(lonely.stats().await.expect("stats"), QueueStats::default());
+}
+
+// 9 ------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redelivered_jobs_of_finished_rows_change_nothing() {
+    let env = Env::new().await;
+    let ids = env.insert(&["once".into(), "given-up".into()]).await;
+    let (done, given_up) = (ids[0], ids[1]);
+    let mut tx = env.tenant_tx().await;
+    sqlx::query(
+        "UPDATE enhancement_history
+         SET status = 'failed', error_message = 'earlier failure', completed_at = now()
+         WHERE id = $1",
+    )
+    .bind(given_up)
+    .execute(&mut *tx)
+    .await
+    .expect("row failed");
+    tx.commit().await.expect("commit");
+
+    let original = enhancement_job(done);
+    env.queue.enqueue(&original).await.expect("queued");
+    let worker = Worker::start(&env.worker_vars(&[]));
+    assert!(
+        until_completed(&env, 1, Duration::from_secs(10)).await,
+        "{}",
+        worker.log()
+    );
+    assert!(until_idle(&env, 0, Duration::from_secs(5)).await);
+    let before = env.rows().await;
+
+    // The same job again (as after a reclaim), a second job for the same row, and a job for
+    // the failed row.
+    env.queue.enqueue(&original).await.expect("queued");
+    env.queue
+        .enqueue(&enhancement_job(done))
+        .await
+        .expect("queued");
+    env.queue
+        .enqueue(&enhancement_job(given_up))
+        .await
+        .expect("queued");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        until_idle(&env, 0, Duration::from_secs(10)).await,
+        "the copies were not consumed: {:?}\n{}",
+        env.stats().await,
+        worker.log()
+    );
+    assert_eq!(
+        env.rows().await,
+        before,
+        "nothing changed, not even updated_at"
+    );
+    assert_eq!(env.completions().await, (1, 1, 1));
+    let failed = env.row(given_up).await;
+    assert_eq!(failed.status, "failed");
+    assert_eq!(failed.error_message.as_deref(), Some("earlier failure"));
+}
+
+// 10 -----------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn queue_stats_count_each_state() {
+    let env = Env::new().await;
+    assert_eq!(env.stats().await, QueueStats::default(), "nothing yet");
+    env.plan("slow", 0, 3_000).await;
+    env.plan("doomed", 1_000, 0).await;
+    let ids = env
+        .insert(&["slow".into(), "doomed".into(), "quick".into()])
+        .await;
+    env.enqueue(&ids).await;
+    assert_eq!(env.stats().await, stats(3, 0, 0, 0), "queued, no worker");
+
+    let worker = Worker::start(&env.worker_vars(&[
+        ("AI_AGENTS_WORKER_MAX_RETRIES", "1"),
+        ("AI_AGENTS_WORKER_RETRY_BASE_MS", "5000"),
+    ]));
+    // quick done, slow running, doomed waiting for its retry.
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            env.stats().await == stats(0, 1, 1, 0)
+        })
+        .await,
+        "{:?}\n{}",
+        env.stats().await,
+        worker.log()
+    );
+    // slow done, doomed still waiting.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            env.stats().await == stats(0, 0, 1, 0)
+        })
+        .await,
+        "{:?}",
+        env.stats().await
+    );
+    // doomed retried once more, then dead.
+    assert!(
+        eventually(Duration::from_secs(12), || async {
+            env.stats().await == stats(0, 0, 0, 1)
+        })
+        .await,
+        "{:?}\n{}",
+        env.stats().await,
+        worker.log()
+    );
+    assert_eq!(env.attempts("doomed").await, 2);
+    assert_eq!(
+        env.dead_letters().await.len(),
+        1,
+        "stats.dead counts the dead-letter list"
+    );
+}
