@@ -162,6 +162,12 @@ impl TenantName {
                 reason: "must be 1 to 255 characters",
             });
         }
+        if raw.chars().any(char::is_control) {
+            return Err(InvalidValue {
+                field: "name",
+                reason: "must not contain control characters",
+            });
+        }
         Ok(Self(raw.to_owned()))
     }
 

@@ -124,7 +124,7 @@ mod tests {
         ));
         assert!(matches!(
             JobError::from(sqlx::Error::RowNotFound),
-            JobError::Transient(_)
+            JobError::Permanent(_)
         ));
     }
 }
