@@ -18,3 +18,13 @@ pub mod secret;
 pub mod shutdown;
 pub mod telemetry;
 pub mod worker;
+
+/// Installs ring as the process-wide rustls crypto provider.
+///
+/// The redis crate builds its TLS configuration from rustls's process default. With only ring
+/// in the graph that default is implied, but should any dependency ever enable aws-lc-rs as
+/// well, rustls could not pick one and `rediss://` would fail at connect time. Installing ring
+/// explicitly at start removes the ambiguity. Calling it twice is harmless.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -64,6 +64,7 @@ fn run(command: Command) -> ExitCode {
             return ExitCode::from(78);
         }
     };
+    ai_agents::install_tls_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -44,6 +44,7 @@ fn main() -> ExitCode {
             return ExitCode::from(78);
         }
     };
+    ai_agents::install_tls_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
