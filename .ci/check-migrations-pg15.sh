@@ -22,7 +22,7 @@ export AI_AGENTS_ENVIRONMENT=test AI_AGENTS_LOG_FORMAT=json AI_AGENTS_LOG_LEVEL=
 schema() {
     PGPASSWORD=ai_agents_owner "$pg15/pg_dump" --schema-only --no-owner \
         -h 127.0.0.1 -p "$AI_AGENTS_DEV_PG_PORT" -U ai_agents_owner ai_agents \
-        | grep -v -e '^--' -e '^$' -e '_sqlx_migrations' -e 'SET ' -e 'set_config'
+        | grep -v -e '^--' -e '^$' -e '_sqlx_migrations' -e 'SET ' -e 'set_config' -e '^\\restrict' -e '^\\unrestrict'
 }
 tables() {
     PGPASSWORD=ai_agents_owner psql -At -h 127.0.0.1 -p "$AI_AGENTS_DEV_PG_PORT" -U ai_agents_owner ai_agents \
