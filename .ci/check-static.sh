@@ -6,6 +6,8 @@
 # Needs the local services' variables (eval "$(nix/dev-services.sh env)").
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# `env -i` clears PATH, and chroot lives in /usr/sbin: call it by its full path.
+chroot=$(command -v chroot)
 
 target=x86_64-unknown-linux-musl
 cargo build --release --locked --target "$target" --bins
@@ -32,10 +34,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-version=$(env -i chroot --userspec=65532:65532 "$jail" /ai-agents-api --version)
+version=$(env -i "$chroot" --userspec=65532:65532 "$jail" /ai-agents-api --version)
 echo "in an empty root as 65532: $version"
 [ "$version" = "ai-agents-api $(awk -F'"' '/^version/ { print $2; exit }' Cargo.toml)" ]
-env -i chroot --userspec=65532:65532 "$jail" /ai-agents-worker --version
+env -i "$chroot" --userspec=65532:65532 "$jail" /ai-agents-worker --version
 
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 key=$(head -c 32 /dev/urandom | base64)
@@ -50,23 +52,23 @@ run_env=(
     AI_AGENTS_ADMIN_TOKEN="$token"
     AI_AGENTS_ENCRYPTION_KEY="$key"
 )
-env -i "${run_env[@]}" chroot --userspec=65532:65532 "$jail" /ai-agents-api >"$jail.api.log" 2>&1 &
+env -i "${run_env[@]}" "$chroot" --userspec=65532:65532 "$jail" /ai-agents-api >"$jail.api.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 100); do
-    if env -i "${run_env[@]}" chroot --userspec=65532:65532 "$jail" /ai-agents-api healthcheck 2>/dev/null; then
+    if env -i "${run_env[@]}" "$chroot" --userspec=65532:65532 "$jail" /ai-agents-api healthcheck 2>/dev/null; then
         break
     fi
     sleep 0.1
 done
-env -i "${run_env[@]}" chroot --userspec=65532:65532 "$jail" /ai-agents-api healthcheck
+env -i "${run_env[@]}" "$chroot" --userspec=65532:65532 "$jail" /ai-agents-api healthcheck
 echo "healthcheck from the empty root: exit 0"
 ready=$(python3 -c "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:$port/health/ready', timeout=5).read().decode())")
 echo "GET /health/ready: $ready"
 case "$ready" in *'"ready"'*) ;; *) echo "not ready" >&2; cat "$jail.api.log" >&2; exit 1 ;; esac
 
-env -i "${run_env[@]}" chroot --userspec=65532:65532 "$jail" /ai-agents-worker >"$jail.worker.log" 2>&1 &
+env -i "${run_env[@]}" "$chroot" --userspec=65532:65532 "$jail" /ai-agents-worker >"$jail.worker.log" 2>&1 &
 pids+=($!)
-pong=$(env -i "${run_env[@]}" chroot --userspec=65532:65532 "$jail" /ai-agents-worker ping)
+pong=$(env -i "${run_env[@]}" "$chroot" --userspec=65532:65532 "$jail" /ai-agents-worker ping)
 echo "worker ping from the empty root: $pong"
 kill -TERM "${pids[@]}"
 for pid in "${pids[@]}"; do
