@@ -97,7 +97,7 @@ struct RawConfig {
     #[envconfig(from = "AI_AGENTS_LOG_FORMAT")]
     log_format: Option<String>,
     #[envconfig(from = "AI_AGENTS_BIND_ADDR", default = "0.0.0.0:8000")]
-    bind_addr: SocketAddr,
+    bind_addr: String,
     #[envconfig(from = "AI_AGENTS_DATABASE_URL")]
     database_url: Option<String>,
     #[envconfig(from = "AI_AGENTS_DATABASE_POOL_SIZE", default = "20")]
@@ -254,13 +254,30 @@ impl fmt::Debug for Config {
     }
 }
 
-/// Which secrets a binary cannot run without outside development.
+/// What a binary or subcommand needs outside development: each asks only for the variables
+/// it uses, so `migrate` runs without Redis and `healthcheck` without any URL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Requirements {
-    /// The API: admin token and encryption key.
+    /// The API server: both URLs, the admin token and the encryption key.
     Api,
-    /// The worker and the CLI helpers: only the connection URLs.
+    /// The worker: both URLs.
     Worker,
+    /// `ai-agents-api migrate`: the database URL.
+    Migrate,
+    /// `ai-agents-api healthcheck`: only the bind address.
+    Healthcheck,
+    /// `ai-agents-worker ping`: the Redis URL.
+    Ping,
+}
+
+impl Requirements {
+    fn database(self) -> bool {
+        matches!(self, Self::Api | Self::Worker | Self::Migrate)
+    }
+
+    fn redis(self) -> bool {
+        matches!(self, Self::Api | Self::Worker | Self::Ping)
+    }
 }
 
 impl Config {
@@ -288,6 +305,12 @@ impl Config {
         let env = raw.environment;
         let dev = env == Environment::Development;
         let non_empty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
+        let bind_addr = resolve_bind_addr(&raw.bind_addr).ok_or_else(|| {
+            ConfigError::new(
+                "AI_AGENTS_BIND_ADDR",
+                "must be HOST:PORT (e.g. 0.0.0.0:8000)",
+            )
+        })?;
 
         tracing_subscriber::EnvFilter::try_new(&raw.log_level)
             .map_err(|_| ConfigError::new("AI_AGENTS_LOG_LEVEL", "is not a valid filter"))?;
@@ -298,24 +321,37 @@ impl Config {
             None if dev => LogFormat::Pretty,
             None => LogFormat::Json,
         };
+        // A URL the caller does not use may be missing; it then keeps the development
+        // default, which nothing connects to.
         let required_outside_dev =
-            |value: Option<String>, variable, dev_default: &str| match non_empty(value) {
+            |value: Option<String>, variable, dev_default: &str, needed: bool| match non_empty(
+                value,
+            ) {
                 Some(v) => Ok(v),
-                None if dev => Ok(dev_default.to_owned()),
+                None if dev || !needed => Ok(dev_default.to_owned()),
                 None => Err(ConfigError::new(
                     variable,
                     "is required outside development",
                 )),
             };
-        let database_url =
-            required_outside_dev(raw.database_url, "AI_AGENTS_DATABASE_URL", DEV_DATABASE_URL)?;
+        let database_url = required_outside_dev(
+            raw.database_url,
+            "AI_AGENTS_DATABASE_URL",
+            DEV_DATABASE_URL,
+            requirements.database(),
+        )?;
         if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
             return Err(ConfigError::new(
                 "AI_AGENTS_DATABASE_URL",
                 "must start with postgres:// or postgresql://",
             ));
         }
-        let redis_url = required_outside_dev(raw.redis_url, "AI_AGENTS_REDIS_URL", DEV_REDIS_URL)?;
+        let redis_url = required_outside_dev(
+            raw.redis_url,
+            "AI_AGENTS_REDIS_URL",
+            DEV_REDIS_URL,
+            requirements.redis(),
+        )?;
         if !(redis_url.starts_with("redis://") || redis_url.starts_with("rediss://")) {
             return Err(ConfigError::new(
                 "AI_AGENTS_REDIS_URL",
@@ -327,12 +363,6 @@ impl Config {
             "AI_AGENTS_DATABASE_POOL_SIZE",
             raw.database_pool_size.into(),
         )?;
-        if raw.database_min_connections > raw.database_pool_size {
-            return Err(ConfigError::new(
-                "AI_AGENTS_DATABASE_MIN_CONNECTIONS",
-                "must not exceed AI_AGENTS_DATABASE_POOL_SIZE",
-            ));
-        }
         positive(
             "AI_AGENTS_DATABASE_CONNECT_TIMEOUT_SECS",
             raw.database_connect_timeout_secs,
@@ -410,12 +440,6 @@ impl Config {
                 ));
             }
         }
-        if admin_token.as_ref().is_some_and(|t| t.expose().len() < 16) {
-            return Err(ConfigError::new(
-                "AI_AGENTS_ADMIN_TOKEN",
-                "must be at least 16 characters",
-            ));
-        }
         if let Some(key) = &encryption_key {
             crate::crypto::Cipher::from_base64(key.expose()).map_err(|_| {
                 ConfigError::new(
@@ -429,11 +453,12 @@ impl Config {
             environment: env,
             log_level: raw.log_level,
             log_format,
-            bind_addr: raw.bind_addr,
+            bind_addr,
             database: DatabaseConfig {
                 url: SecretString::new(database_url),
                 pool_size: raw.database_pool_size,
-                min_connections: raw.database_min_connections,
+                // A pool smaller than the default minimum simply keeps all its connections.
+                min_connections: raw.database_min_connections.min(raw.database_pool_size),
                 connect_timeout: Duration::from_secs(raw.database_connect_timeout_secs),
             },
             redis: RedisConfig {
@@ -458,6 +483,15 @@ impl Config {
             request_timeout: Duration::from_secs(raw.request_timeout_secs),
         })
     }
+}
+
+/// `HOST:PORT` to a socket address; a host name such as `localhost` is resolved.
+fn resolve_bind_addr(raw: &str) -> Option<SocketAddr> {
+    let raw = raw.trim();
+    if let Ok(addr) = raw.parse() {
+        return Some(addr);
+    }
+    std::net::ToSocketAddrs::to_socket_addrs(raw).ok()?.next()
 }
 
 fn positive(variable: &'static str, value: u64) -> Result<(), ConfigError> {
@@ -555,7 +589,6 @@ mod tests {
             ("AI_AGENTS_LOG_FORMAT", "xml-secret-value"),
             ("AI_AGENTS_RUN_MIGRATIONS", "maybe-secret-value"),
             ("AI_AGENTS_ENCRYPTION_KEY", "short-secret-value"),
-            ("AI_AGENTS_ADMIN_TOKEN", "short-secret"),
             ("AI_AGENTS_DATABASE_URL", "mysql://secret-value"),
             ("AI_AGENTS_REDIS_URL", "http://secret-value"),
             ("AI_AGENTS_WORKER_CONCURRENCY", "0"),
@@ -567,6 +600,56 @@ mod tests {
             assert_eq!(error.variable, name, "{value}");
             assert!(!error.to_string().contains("secret"), "{error}");
         }
+    }
+
+    #[test]
+    fn each_subcommand_needs_only_its_variables() {
+        let base = [("AI_AGENTS_ENVIRONMENT", "production")];
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut pairs = base.to_vec();
+            pairs.extend_from_slice(extra);
+            vars(&pairs)
+        };
+        assert!(Config::from_map(&with(&[]), Requirements::Healthcheck).is_ok());
+        assert!(
+            Config::from_map(
+                &with(&[("AI_AGENTS_DATABASE_URL", "postgres://u:p@db/x")]),
+                Requirements::Migrate
+            )
+            .is_ok()
+        );
+        assert!(
+            Config::from_map(
+                &with(&[("AI_AGENTS_REDIS_URL", "redis://r")]),
+                Requirements::Ping
+            )
+            .is_ok()
+        );
+        let error = error_of(
+            &[("AI_AGENTS_ENVIRONMENT", "production")],
+            Requirements::Migrate,
+        );
+        assert_eq!(error.variable, "AI_AGENTS_DATABASE_URL");
+        let error = error_of(
+            &[("AI_AGENTS_ENVIRONMENT", "production")],
+            Requirements::Ping,
+        );
+        assert_eq!(error.variable, "AI_AGENTS_REDIS_URL");
+    }
+
+    #[test]
+    fn small_pools_and_host_names_are_fine() {
+        let config = Config::from_map(
+            &vars(&[
+                ("AI_AGENTS_DATABASE_POOL_SIZE", "3"),
+                ("AI_AGENTS_BIND_ADDR", "localhost:8123"),
+            ]),
+            Requirements::Api,
+        )
+        .expect("valid");
+        assert_eq!(config.database.min_connections, 3);
+        assert_eq!(config.bind_addr.port(), 8123);
+        assert!(config.bind_addr.ip().is_loopback());
     }
 
     #[test]

@@ -55,7 +55,8 @@ enum Command {
 fn run(command: Command) -> ExitCode {
     let requirements = match command {
         Command::Serve => Requirements::Api,
-        _ => Requirements::Worker,
+        Command::Migrate | Command::Revert => Requirements::Migrate,
+        Command::Healthcheck => Requirements::Healthcheck,
     };
     let config = match Config::load(requirements) {
         Ok(config) => config,

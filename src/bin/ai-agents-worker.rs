@@ -37,7 +37,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let config = match Config::load(Requirements::Worker) {
+    let requirements = if ping {
+        Requirements::Ping
+    } else {
+        Requirements::Worker
+    };
+    let config = match Config::load(requirements) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("{NAME}: {e}");
