@@ -132,8 +132,8 @@ impl ServiceDeskUrl {
             && host
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "._~%-".contains(c));
-        let port_ok = port
-            .is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.chars().all(|c| c.is_ascii_digit()));
+        let port_ok =
+            port.is_none_or(|p| p.chars().all(|c| c.is_ascii_digit()) && p.parse::<u16>().is_ok());
         let path_ok = !path.chars().any(char::is_whitespace);
         if host_ok && port_ok && path_ok {
             Ok(Self(raw.to_owned()))

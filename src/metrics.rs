@@ -33,6 +33,9 @@ pub fn install() -> &'static PrometheusHandle {
             "revision" => option_env!("AI_AGENTS_GIT_REVISION").unwrap_or("unknown"),
         )
         .set(1.0);
+        for outcome in ["completed", "retried", "dead"] {
+            metrics::counter!("ai_agents_job_outcomes_total", "outcome" => outcome).absolute(0);
+        }
         handle
     })
 }
@@ -73,6 +76,14 @@ pub fn set_queue_depth(stats: &QueueStats) {
     ] {
         #[allow(clippy::cast_precision_loss)]
         metrics::gauge!("queue_jobs", "state" => state).set(value as f64);
+    }
+}
+
+/// Sets the cluster-wide job outcome counters (read from Redis at scrape time).
+pub fn set_job_outcomes(counts: &std::collections::HashMap<String, u64>) {
+    for outcome in ["completed", "retried", "dead"] {
+        let value = counts.get(outcome).copied().unwrap_or(0);
+        metrics::counter!("ai_agents_job_outcomes_total", "outcome" => outcome).absolute(value);
     }
 }
 

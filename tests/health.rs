@@ -242,6 +242,7 @@ async fn metrics_in_prometheus_format() {
         "queue_jobs",
         "db_pool_connections",
         "ai_agents_build_info",
+        "ai_agents_job_outcomes_total",
     ] {
         assert!(text.contains(name), "{name} missing from /metrics");
     }

@@ -285,7 +285,8 @@ impl EnhancementsApi {
             .map(paging::parse_enhancement_cursor)
             .transpose()?;
         let status = status.0.map(Status::as_str);
-        let mut rows = match tenant_id.0.as_deref() {
+        // An empty `tenant_id=` means no filter, like an absent one.
+        let mut rows = match tenant_id.0.as_deref().filter(|t| !t.is_empty()) {
             Some(raw) => match TenantId::parse(raw) {
                 Ok(tenant) => {
                     let mut tx = TenantTx::begin(&self.state.pool, &tenant).await?;

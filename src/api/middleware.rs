@@ -209,7 +209,13 @@ pub fn error_to_problem(err: poem::Error) -> Response {
         default_detail(code).to_owned()
     };
     let code = if code == 422 { 400 } else { code };
-    problem_response(&Problem::new(code, detail))
+    let mut response = problem_response(&Problem::new(code, detail));
+    if code == 401 {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
 }
 
 fn default_detail(status: u16) -> &'static str {

@@ -131,7 +131,14 @@ impl Application {
         };
         let cipher = Cipher::from_base64(key.expose()).map_err(|_| StartupError::Key)?;
         let admin_token = match &config.admin_token {
-            Some(token) => token.clone(),
+            Some(token) => {
+                if token.expose().len() < 16 {
+                    tracing::warn!(
+                        "AI_AGENTS_ADMIN_TOKEN is shorter than 16 characters; use a long random token"
+                    );
+                }
+                token.clone()
+            }
             None => {
                 let token = format!(
                     "dev-{}{}",
@@ -312,6 +319,11 @@ pub fn routes(
                 })
             {
                 crate::metrics::set_queue_depth(&stats);
+            }
+            if let Ok(Ok(counts)) =
+                tokio::time::timeout(health::CHECK_LIMIT, state.queue.outcomes()).await
+            {
+                crate::metrics::set_job_outcomes(&counts);
             }
             poem::Response::builder()
                 .content_type("text/plain; version=0.0.4")

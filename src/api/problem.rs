@@ -122,6 +122,17 @@ impl From<sqlx::Error> for ApiError {
             );
             return Self::bad_request("a value cannot be stored");
         }
+        if let sqlx::Error::Database(db) = &e
+            && matches!(db.code().as_deref(), Some("42P01" | "42703"))
+        {
+            // Undefined table or column: the schema is not migrated (yet). Transient from the
+            // client's side: the migration job is usually about to run.
+            tracing::error!(
+                error = &e as &dyn std::error::Error,
+                "database schema is not migrated"
+            );
+            return Self::unavailable("the database schema");
+        }
         if is_unavailable(&e) {
             tracing::warn!(error = &e as &dyn std::error::Error, "database unavailable");
             Self::unavailable("the database")

@@ -181,6 +181,10 @@ impl Consumer {
                 .cmd("XDEL")
                 .arg(&keys.jobs)
                 .arg(&delivery.entry_id)
+                .cmd("HINCRBY")
+                .arg(&keys.outcomes)
+                .arg("completed")
+                .arg(1)
                 .query_async(&mut conn)
                 .await
         })
@@ -214,6 +218,10 @@ impl Consumer {
                 .arg(&keys.retry)
                 .arg(due)
                 .arg(next.encode())
+                .cmd("HINCRBY")
+                .arg(&keys.outcomes)
+                .arg("retried")
+                .arg(1)
                 .query_async(&mut conn)
                 .await
         })
@@ -250,6 +258,10 @@ impl Consumer {
                 .cmd("LPUSH")
                 .arg(&keys.dead)
                 .arg(letter)
+                .cmd("HINCRBY")
+                .arg(&keys.outcomes)
+                .arg("dead")
+                .arg(1)
                 .query_async(&mut conn)
                 .await
         })
@@ -340,20 +352,27 @@ impl Consumer {
                 Some(Value::Int(n)) => *n,
                 _ => 0,
             };
-            let alive: bool = bounded(limit, async {
-                redis::cmd("EXISTS")
+            // Milliseconds left on its heartbeat (-2: none).
+            let heartbeat_ttl: i64 = bounded(limit, async {
+                redis::cmd("PTTL")
                     .arg(keys.alive(&name))
                     .query_async(&mut conn)
                     .await
             })
             .await?;
+            let alive = heartbeat_ttl > 0;
+            // Its last beat is older than two maintenance periods.
+            let beat_overdue =
+                heartbeat_ttl < i64::try_from(HEARTBEAT_TTL.as_millis()).unwrap_or(10_000) - 4_500;
             let client = format!("{}:{name}", keys.jobs);
             // A worker killed outright still has a heartbeat for a few seconds, but its
             // connection is gone at once.
             let connected = connected
                 .as_ref()
                 .is_none_or(|names| names.contains(&client));
-            if alive && connected {
+            // Dead: no heartbeat, or no connection and a beat overdue (a worker that is only
+            // reconnecting its reader keeps beating, so its jobs stay where they are).
+            if alive && (connected || !beat_overdue) {
                 continue;
             }
             if pending > 0 {

@@ -49,6 +49,8 @@ pub struct Keys {
     pub retry: String,
     /// The dead-letter list.
     pub dead: String,
+    /// Counts of finished attempts by outcome (a hash), for metrics across all workers.
+    pub outcomes: String,
     prefix: String,
 }
 
@@ -59,6 +61,7 @@ impl Keys {
             jobs: format!("{prefix}:jobs"),
             retry: format!("{prefix}:retry"),
             dead: format!("{prefix}:dead"),
+            outcomes: format!("{prefix}:outcomes"),
             prefix: prefix.to_owned(),
         }
     }
@@ -245,6 +248,14 @@ impl Queue {
                 Job::decode(std::str::from_utf8(raw).ok()?).ok()
             })
             .collect())
+    }
+
+    /// Attempts finished by outcome (`completed`, `retried`, `dead`) across every worker.
+    pub async fn outcomes(&self) -> Result<HashMap<String, u64>, QueueError> {
+        let mut conn = self.redis.get();
+        let counts: HashMap<String, u64> =
+            bounded(self.redis.timeout(), conn.hgetall(&self.keys.outcomes)).await?;
+        Ok(counts)
     }
 
     /// The newest `count` dead letters.

@@ -102,9 +102,12 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Wor
     maintain(&shared, config.worker.reclaim_after).await;
     tracing::info!(consumer = %name, "worker ready");
 
+    // Maintenance outlives the shutdown signal: the heartbeat must keep beating while
+    // in-flight jobs drain, or other workers would take those jobs for orphans.
+    let maintenance_stop = CancellationToken::new();
     let maintenance = {
         let shared = Arc::clone(&shared);
-        let stop = shutdown.clone();
+        let stop = maintenance_stop.clone();
         let reclaim_after = config.worker.reclaim_after;
         tokio::spawn(async move {
             loop {
@@ -188,7 +191,8 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Wor
         );
         tasks.abort_all();
     }
-    maintenance.abort();
+    maintenance_stop.cancel();
+    let _ = maintenance.await;
     promotion.abort();
     if let Err(e) = shared.consumer.leave().await {
         tracing::warn!(
