@@ -2,7 +2,7 @@
 //!
 //! The services come from `nix/dev-services.sh` (or CI's): `AI_AGENTS_DATABASE_URL` must name a
 //! role that may create databases (the schema owner in development), `AI_AGENTS_REDIS_URL` a
-//! Redis. Every test gets its own database, migrated by the owner, and talks to it as the
+//! Redis, and `AI_AGENTS_APP_DATABASE_URL` (optional) gives the application role's credentials. Every test gets its own database, migrated by the owner, and talks to it as the
 //! application role, so row-level security is in force exactly as in production.
 #![allow(dead_code)]
 
@@ -94,8 +94,15 @@ impl TestDb {
             .await
             .expect("create database");
         admin.close().await.ok();
-        let app_credentials = std::env::var("AI_AGENTS_TEST_APP_CREDENTIALS")
-            .unwrap_or_else(|_| "ai_agents_app:ai_agents_app".to_owned());
+        // The application role's credentials: from AI_AGENTS_APP_DATABASE_URL (what
+        // `nix/dev-services.sh env` and CI export), else the development default.
+        let app_credentials = std::env::var("AI_AGENTS_APP_DATABASE_URL")
+            .ok()
+            .and_then(|url| {
+                let rest = url.split_once("://")?.1;
+                Some(rest.rsplit_once('@')?.0.to_owned())
+            })
+            .unwrap_or_else(|| "ai_agents_app:ai_agents_app".to_owned());
         Self {
             owner_url: with_database(&base, &name, None),
             app_url: with_database(&base, &name, Some(&app_credentials)),
