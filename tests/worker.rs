@@ -1262,7 +1262,7 @@ async fn redelivered_jobs_of_finished_rows_change_nothing() {
 async fn queue_stats_count_each_state() {
     let env = Env::new().await;
     assert_eq!(env.stats().await, QueueStats::default(), "nothing yet");
-    env.plan("slow", 0, 3_000).await;
+    env.plan("slow", 0, 4_000).await;
     env.plan("doomed", 1_000, 0).await;
     let ids = env
         .insert(&["slow".into(), "doomed".into(), "quick".into()])
@@ -1272,11 +1272,11 @@ async fn queue_stats_count_each_state() {
 
     let worker = Worker::start(&env.worker_vars(&[
         ("AI_AGENTS_WORKER_MAX_RETRIES", "1"),
-        ("AI_AGENTS_WORKER_RETRY_BASE_MS", "5000"),
+        ("AI_AGENTS_WORKER_RETRY_BASE_MS", "8000"),
     ]));
     // quick done, slow running, doomed waiting for its retry.
     assert!(
-        eventually(Duration::from_secs(3), || async {
+        eventually(Duration::from_secs(6), || async {
             env.stats().await == stats(0, 1, 1, 0)
         })
         .await,
@@ -1286,7 +1286,7 @@ async fn queue_stats_count_each_state() {
     );
     // slow done, doomed still waiting.
     assert!(
-        eventually(Duration::from_secs(5), || async {
+        eventually(Duration::from_secs(8), || async {
             env.stats().await == stats(0, 0, 1, 0)
         })
         .await,
@@ -1295,7 +1295,7 @@ async fn queue_stats_count_each_state() {
     );
     // doomed retried once more, then dead.
     assert!(
-        eventually(Duration::from_secs(12), || async {
+        eventually(Duration::from_secs(20), || async {
             env.stats().await == stats(0, 0, 0, 1)
         })
         .await,

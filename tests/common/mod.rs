@@ -144,7 +144,9 @@ pub fn test_vars(database_url: &str, redis_url: &str, prefix: &str) -> HashMap<S
         ("AI_AGENTS_DATABASE_URL", database_url),
         ("AI_AGENTS_DATABASE_POOL_SIZE", "5"),
         ("AI_AGENTS_DATABASE_MIN_CONNECTIONS", "0"),
-        ("AI_AGENTS_DATABASE_CONNECT_TIMEOUT_SECS", "2"),
+        // Generous: debug builds on a loaded 2-core machine open connections slowly. Requests
+        // still give up after the API's 3 s cap.
+        ("AI_AGENTS_DATABASE_CONNECT_TIMEOUT_SECS", "10"),
         ("AI_AGENTS_REDIS_URL", redis_url),
         ("AI_AGENTS_REDIS_MAX_CONNECTIONS", "2"),
         ("AI_AGENTS_REDIS_POOL_TIMEOUT_SECS", "1"),
