@@ -235,7 +235,16 @@ async fn run(s: &Settings) -> Res<()> {
 
     let run_id = Uuid::new_v4().simple().to_string()[..10].to_owned();
     let db_name = format!("ai_agents_bench_{run_id}");
-    let result = measure(s, t, &run_id, &db_name, &services, &mut report).await;
+    let result = measure(
+        s,
+        t,
+        &run_id,
+        &db_name,
+        &services,
+        musl.as_deref(),
+        &mut report,
+    )
+    .await;
     progress(t, "cleaning up");
     cleanup(s, &run_id, &db_name).await;
     drop(services);
@@ -255,6 +264,7 @@ async fn measure(
     run_id: &str,
     db_name: &str,
     services: &Services,
+    musl: Option<&Path>,
     report: &mut Report,
 ) -> Res<()> {
     // A fresh database, created by the owner and migrated by the binary.
@@ -347,7 +357,7 @@ async fn measure(
         .await
         .unwrap_or(0);
     report.note(format!(
-        "POST: {} requests answered 2xx by wrk's count, {queued} jobs queued in Redis (no worker ran)",
+        "POST: {} requests answered 2xx by wrk's count in the measured run; {queued} jobs queued in Redis with the warm-up (no worker ran)",
         post.requests.saturating_sub(post.non_2xx)
     ));
     api.stop().await;
@@ -360,6 +370,40 @@ async fn measure(
         post_ceiling(s, db_name, &format!("bench-{run_id}-direct"), services).await?;
 
     report.wrk_figures(&hyper_health, &health, &ready, &post, &post_ceiling);
+
+    // ---- The static musl API (what the images ship), same loads, when it was built.
+    if let Some(dir) = musl {
+        progress(t, "static musl API: GET /health, POST /api/v1/enhancements");
+        let addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+        let mut v = vars.clone();
+        v.insert("AI_AGENTS_BIND_ADDR".into(), addr.to_string());
+        v.insert(
+            "AI_AGENTS_QUEUE_PREFIX".into(),
+            format!("bench-{run_id}-musl"),
+        );
+        let mut api = Proc::new(spawn(&dir.join("ai-agents-api"), &[], &v, s, "api-musl")?);
+        wait_ready(addr, Duration::from_secs(30)).await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let idle = memory(api.pid)?;
+        let health = wrk(
+            s,
+            &format!("http://{addr}/health"),
+            None,
+            ProcessCpu::Pid(api.pid),
+            services,
+        )
+        .await?;
+        let post = wrk(
+            s,
+            &format!("http://{addr}/api/v1/enhancements"),
+            Some((&script, &[TOKEN, TENANT])),
+            ProcessCpu::Pid(api.pid),
+            services,
+        )
+        .await?;
+        api.stop().await;
+        report.musl_figures(&hyper_health, &health, &post, &post_ceiling, idle);
+    }
 
     // ---- Start-up: exec to the first 200 from /health/ready.
     progress(t, "start-up: exec to first 200 from /health/ready");
@@ -1783,6 +1827,48 @@ impl Report {
                 ));
             }
         }
+    }
+
+    fn musl_figures(
+        &mut self,
+        hyper: &Load,
+        health: &Load,
+        post: &Load,
+        direct: &Load,
+        idle: Memory,
+    ) {
+        let with_cpu = |f: Figure, l: &Load| {
+            f.extra("wrk_cpu_pct", l.cpu.load)
+                .extra("server_cpu_pct", l.cpu.server)
+                .extra("non_2xx", l.non_2xx as f64)
+                .extra("p99_ms", l.p99_ms)
+        };
+        self.figures.push(
+            with_cpu(Figure::new("musl_health_rps", health.rps, "req/s"), health)
+                .ceiling(hyper.rps)
+                .python(python::HEALTH_RPS)
+                .budget(Budget::OfCeiling(0.7)),
+        );
+        self.figures.push(
+            with_cpu(
+                Figure::new("musl_post_enhancements_rps", post.rps, "req/s"),
+                post,
+            )
+            .ceiling(direct.rps)
+            .python(python::POST_RPS)
+            .budget(Budget::OfCeilingAndPython(0.5, 10.0)),
+        );
+        self.figures.push(
+            Figure::new("musl_api_rss_idle", idle.rss_mib, "MiB")
+                .python(python::API_RSS_MIB)
+                .budget(Budget::Below(20.0))
+                .extra("vmhwm_mib", idle.hwm_mib),
+        );
+        self.note(format!(
+            "static musl API, GET /health: {}",
+            health.cpu_line()
+        ));
+        self.note(format!("static musl API, POST: {}", post.cpu_line()));
     }
 
     fn startup(&mut self, samples: &[f64]) {
