@@ -17,7 +17,12 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::{
-    AppState, auth::AdminAuth, paging, problem::ApiError, problem::violated_constraint, text::Text,
+    AppState,
+    auth::AdminAuth,
+    paging,
+    problem::ApiError,
+    problem::violated_constraint,
+    text::{Line, Slug},
 };
 use crate::{
     db::{
@@ -75,15 +80,11 @@ impl Status {
 #[oai(deny_unknown_fields)]
 pub struct EnhancementCreate {
     /// The tenant the ticket belongs to.
-    #[oai(validator(min_length = 1, max_length = 100, pattern = r"^[a-z0-9][a-z0-9_-]*$"))]
-    pub tenant_id: Text,
+    #[oai(validator(min_length = 1, max_length = 100))]
+    pub tenant_id: Slug,
     /// The ticket in the tenant's service desk: not blank, no control characters.
-    #[oai(validator(
-        min_length = 1,
-        max_length = 100,
-        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
-    ))]
-    pub ticket_id: Text,
+    #[oai(validator(min_length = 1, max_length = 100))]
+    pub ticket_id: Line,
     /// Extra context for the enhancement logic.
     pub context: Option<BTreeMap<String, Value>>,
 }

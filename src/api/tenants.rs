@@ -10,7 +10,12 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::{
-    AppState, auth::AdminAuth, paging, problem::ApiError, problem::violated_constraint, text::Text,
+    AppState,
+    auth::AdminAuth,
+    paging,
+    problem::ApiError,
+    problem::violated_constraint,
+    text::{HttpUrl, Line, Slug, Text},
 };
 use crate::{
     db::{
@@ -32,22 +37,14 @@ enum TenantTags {
 #[oai(deny_unknown_fields)]
 pub struct TenantCreate {
     /// Public id: lowercase letters, digits, `_` and `-`, starting with a letter or digit.
-    #[oai(validator(min_length = 1, max_length = 100, pattern = r"^[a-z0-9][a-z0-9_-]*$"))]
-    pub tenant_id: Text,
+    #[oai(validator(min_length = 1, max_length = 100))]
+    pub tenant_id: Slug,
     /// Display name.
-    #[oai(validator(
-        min_length = 1,
-        max_length = 255,
-        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
-    ))]
-    pub name: Text,
+    #[oai(validator(min_length = 1, max_length = 255))]
+    pub name: Line,
     /// Base URL of the tenant's service desk (http or https).
-    #[oai(validator(
-        min_length = 1,
-        max_length = 500,
-        pattern = r"^https?://[A-Za-z0-9._~%-]+(:[0-9]{1,5})?(/\S*)?$"
-    ))]
-    pub servicedesk_url: Text,
+    #[oai(validator(min_length = 1, max_length = 500))]
+    pub servicedesk_url: HttpUrl,
     /// Service desk API key; stored encrypted, never returned.
     #[oai(validator(min_length = 1, max_length = 4096))]
     pub servicedesk_api_key: Text,
@@ -64,19 +61,11 @@ pub struct TenantCreate {
 #[oai(deny_unknown_fields)]
 pub struct TenantUpdate {
     /// New display name.
-    #[oai(validator(
-        min_length = 1,
-        max_length = 255,
-        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
-    ))]
-    pub name: Option<Text>,
+    #[oai(validator(min_length = 1, max_length = 255))]
+    pub name: Option<Line>,
     /// New service desk URL.
-    #[oai(validator(
-        min_length = 1,
-        max_length = 500,
-        pattern = r"^https?://[A-Za-z0-9._~%-]+(:[0-9]{1,5})?(/\S*)?$"
-    ))]
-    pub servicedesk_url: Option<Text>,
+    #[oai(validator(min_length = 1, max_length = 500))]
+    pub servicedesk_url: Option<HttpUrl>,
     /// A rotated API key.
     #[oai(validator(min_length = 1, max_length = 4096))]
     pub servicedesk_api_key: Option<Text>,
