@@ -64,7 +64,9 @@ async fn enhance(
     let tenant =
         TenantId::parse(tenant_id).map_err(|e| JobError::Permanent(format!("bad payload: {e}")))?;
     let started = Instant::now();
-    let mut tx = TenantTx::begin(&ctx.pool, &tenant).await?;
+    // The `processing` mark is advisory: lost in a crash, the row stays `pending` and the
+    // redelivered job sets it again, so it need not wait for a disk flush.
+    let mut tx = TenantTx::begin_unsynced(&ctx.pool, &tenant).await?;
     match enhancements::start_processing(&mut tx, id).await? {
         StartOutcome::Started => {}
         StartOutcome::AlreadyFinished => {
