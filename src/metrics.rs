@@ -4,7 +4,12 @@
 //! worker loop); gauges that describe external state (queue depth, pool size) are read at
 //! scrape time by [`render`], so they are never stale.
 
-use std::sync::OnceLock;
+use std::{
+    collections::HashMap,
+    sync::{OnceLock, PoisonError, RwLock},
+};
+
+use metrics::{Counter, Gauge, Histogram};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
@@ -40,30 +45,99 @@ pub fn install() -> &'static PrometheusHandle {
     })
 }
 
+/// Handles of metric series seen so far, by their label values. Registering a series on every
+/// event (hashing its labels, allocating their strings) cost more than serving `/health`.
+type SeriesCache<K, V> = OnceLock<RwLock<HashMap<K, V>>>;
+
+/// The cached handles for `key`, registered by `register` the first time.
+fn series<K, V>(cache: &SeriesCache<K, V>, key: K, register: impl FnOnce(&K) -> V) -> V
+where
+    K: std::hash::Hash + Eq,
+    V: Clone,
+{
+    // Handles taken before the recorder exists would be no-ops forever: install it first.
+    let cache = cache.get_or_init(|| {
+        install();
+        RwLock::default()
+    });
+    if let Some(handles) = cache
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&key)
+    {
+        return handles.clone();
+    }
+    let handles = register(&key);
+    cache
+        .write()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(key, handles.clone());
+    handles
+}
+
+/// The method as a label: the common ones by name, anything else as `OTHER`, so a client
+/// inventing methods cannot grow the series without bound.
+fn method_label(method: &str) -> &'static str {
+    match method {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "OPTIONS" => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
 /// Counts one HTTP request and its latency.
 pub fn record_request(method: &str, route: &'static str, status: u16, seconds: f64) {
-    let status = status.to_string();
-    metrics::counter!(
-        "http_requests_total",
-        "method" => method.to_owned(),
-        "route" => route,
-        "status" => status,
-    )
-    .increment(1);
-    metrics::histogram!("http_request_duration_seconds", "method" => method.to_owned(), "route" => route)
-        .record(seconds);
+    static SERIES: SeriesCache<(&'static str, &'static str, u16), (Counter, Histogram)> =
+        OnceLock::new();
+    let (counter, histogram) = series(
+        &SERIES,
+        (method_label(method), route, status),
+        |&(method, route, status)| {
+            (
+                metrics::counter!(
+                    "http_requests_total",
+                    "method" => method,
+                    "route" => route,
+                    "status" => status.to_string(),
+                ),
+                metrics::histogram!("http_request_duration_seconds", "method" => method, "route" => route),
+            )
+        },
+    );
+    counter.increment(1);
+    histogram.record(seconds);
 }
 
 /// Tracks requests being served right now.
 pub fn requests_in_flight(delta: f64) {
-    metrics::gauge!("http_requests_in_flight").increment(delta);
+    static IN_FLIGHT: OnceLock<Gauge> = OnceLock::new();
+    IN_FLIGHT
+        .get_or_init(|| {
+            install();
+            metrics::gauge!("http_requests_in_flight")
+        })
+        .increment(delta);
 }
 
 /// Counts one finished job attempt by kind and outcome.
 pub fn record_job(kind: &'static str, outcome: &'static str, attempt: u32, seconds: f64) {
-    metrics::counter!("jobs_total", "kind" => kind, "outcome" => outcome).increment(1);
-    metrics::histogram!("job_duration_seconds", "kind" => kind).record(seconds);
-    metrics::histogram!("job_attempt", "kind" => kind).record(f64::from(attempt + 1));
+    static SERIES: SeriesCache<(&'static str, &'static str), (Counter, Histogram, Histogram)> =
+        OnceLock::new();
+    let (count, duration, attempts) = series(&SERIES, (kind, outcome), |&(kind, outcome)| {
+        (
+            metrics::counter!("jobs_total", "kind" => kind, "outcome" => outcome),
+            metrics::histogram!("job_duration_seconds", "kind" => kind),
+            metrics::histogram!("job_attempt", "kind" => kind),
+        )
+    });
+    count.increment(1);
+    duration.record(seconds);
+    attempts.record(f64::from(attempt + 1));
 }
 
 /// Sets the queue-depth gauges.

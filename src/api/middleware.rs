@@ -328,7 +328,16 @@ impl<E: Endpoint> Endpoint for BodyLimitEndpoint<E> {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok());
-        if declared == Some(0) {
+        // In HTTP/1.x, no length and no transfer coding means no body at all (RFC 9112 §6.3):
+        // nothing to read, so the request goes on untouched (most GETs). HTTP/2 bodies need
+        // no length, so they are always counted.
+        let http1 = matches!(
+            req.version(),
+            poem::http::Version::HTTP_10 | poem::http::Version::HTTP_11
+        );
+        let bodiless =
+            http1 && declared.is_none() && !req.headers().contains_key(header::TRANSFER_ENCODING);
+        if declared == Some(0) || bodiless {
             return self.0.call(req).await.map(IntoResponse::into_response);
         }
         if declared.is_some_and(|n| n > MAX_DRAIN_BYTES) {

@@ -235,26 +235,27 @@ async fn handle(shared: &Shared, delivery: Delivery) {
     };
     let kind = jobs::kind_name(&job);
 
+    // The soft limit asks the job to stop (its token fires) and lets it go on; the hard limit
+    // abandons it. Both timers live in this task: no helper task per job.
     let cancel = CancellationToken::new();
-    let soft = {
-        let cancel = cancel.clone();
-        let limit = shared.soft_limit;
-        tokio::spawn(async move {
-            tokio::time::sleep(limit).await;
-            cancel.cancel();
-        })
+    let run = async {
+        let job_run = jobs::execute(&shared.ctx, &job, cancel.clone());
+        tokio::pin!(job_run);
+        tokio::select! {
+            outcome = &mut job_run => outcome,
+            () = tokio::time::sleep(shared.soft_limit) => {
+                cancel.cancel();
+                job_run.await
+            }
+        }
     };
-    let outcome =
-        match tokio::time::timeout(shared.hard_limit, jobs::execute(&shared.ctx, &job, cancel))
-            .await
-        {
-            Ok(outcome) => outcome,
-            Err(_) => Err(JobError::Transient(format!(
-                "hard time limit of {} s exceeded",
-                shared.hard_limit.as_secs()
-            ))),
-        };
-    soft.abort();
+    let outcome = match tokio::time::timeout(shared.hard_limit, run).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(JobError::Transient(format!(
+            "hard time limit of {} s exceeded",
+            shared.hard_limit.as_secs()
+        ))),
+    };
     let seconds = started.elapsed().as_secs_f64();
 
     match outcome {
