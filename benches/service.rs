@@ -574,7 +574,8 @@ fn cargo_build(s: &Settings, args: &[&str]) -> Res<()> {
     }
 }
 
-/// Sizes of the static binaries: existing ones, else built in a full run, else skipped.
+/// The static binaries: a full run builds them (a no-op when they are up to date); a smoke run
+/// takes existing ones (CI's static check has just built them) or skips their figures.
 fn musl_binaries(s: &Settings, t: Instant, report: &mut Report) -> Option<PathBuf> {
     let dir = s.target.join("x86_64-unknown-linux-musl/release");
     let present = || {
@@ -582,11 +583,11 @@ fn musl_binaries(s: &Settings, t: Instant, report: &mut Report) -> Option<PathBu
             .iter()
             .all(|b| dir.join(b).is_file())
     };
-    if present() {
-        report.note(format!("static binaries: existing {}", dir.display()));
-        return Some(dir);
-    }
     if s.smoke {
+        if present() {
+            report.note(format!("static binaries: existing {}", dir.display()));
+            return Some(dir);
+        }
         report.note("static musl binaries absent: size figures skipped in smoke mode (a full run builds them)".into());
         return None;
     }
@@ -1092,11 +1093,7 @@ async fn post_ceiling(s: &Settings, db: &str, prefix: &str, services: &Services)
                 while Instant::now() < deadline {
                     let started = Instant::now();
                     let id = Uuid::now_v7();
-                    let mut tx = pool.begin().await?;
-                    sqlx::query("SELECT set_config('app.current_tenant_id', $1, true)")
-                        .bind(TENANT)
-                        .fetch_one(&mut *tx)
-                        .await?;
+                    let mut tx = tenant_tx(&pool, TENANT).await?;
                     let row = sqlx::query(
                         "INSERT INTO enhancement_history (id, tenant_id, ticket_id, status, context)
                          VALUES ($1, $2, $3, 'pending', $4)
@@ -1216,6 +1213,22 @@ async fn seed_jobs(s: &Settings, pool: &PgPool, prefix: &str, n: usize) -> Res<V
         let () = pipe.query_async(&mut conn).await?;
     }
     Ok(ids)
+}
+
+/// A tenant-scoped transaction begun the way the services begin theirs (`TenantTx`): `BEGIN`
+/// and `set_config` in one round trip, so the ceilings do no more work than the services.
+/// The bench's tenant ids are plain `[a-z0-9-]`.
+async fn tenant_tx(pool: &PgPool, tenant: &str) -> Res<sqlx::Transaction<'static, sqlx::Postgres>> {
+    assert!(
+        tenant
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    );
+    Ok(pool
+        .begin_with(sqlx::AssertSqlSafe(format!(
+            "BEGIN; SELECT set_config('app.current_tenant_id', '{tenant}', true)"
+        )))
+        .await?)
 }
 
 async fn count_completed(pool: &PgPool, ids: &[Uuid]) -> Res<u64> {
@@ -1369,11 +1382,7 @@ async fn raw_drain(
                 else {
                     return Err::<_, BoxError>("unexpected job kind".into());
                 };
-                let mut tx = pool.begin().await?;
-                sqlx::query("SELECT set_config('app.current_tenant_id', $1, true)")
-                    .bind(&tenant_id)
-                    .fetch_one(&mut *tx)
-                    .await?;
+                let mut tx = tenant_tx(&pool, &tenant_id).await?;
                 sqlx::query(
                     "UPDATE enhancement_history
                      SET status = 'completed', processing_time_ms = 0,
@@ -1783,9 +1792,8 @@ impl Report {
                 .python(python::HEALTH_P99_MS),
         );
         self.figures.push(
-            with_cpu(Figure::new("health_ready_rps", ready.rps, "req/s"), ready)
-                .ceiling(hyper.rps)
-                .budget(Budget::OfCeiling(0.7)),
+            // Readiness asks PostgreSQL and Redis each time: a ratio, but no budget.
+            with_cpu(Figure::new("health_ready_rps", ready.rps, "req/s"), ready).ceiling(hyper.rps),
         );
         self.figures
             .push(Figure::new("health_ready_p50", ready.p50_ms, "ms").ceiling(hyper.p50_ms));

@@ -19,6 +19,13 @@ pub mod shutdown;
 pub mod telemetry;
 pub mod worker;
 
+/// On musl, the allocator both binaries use: musl's own serialises every allocation behind a
+/// single lock and made the static API serve `/health` about 5x slower than the glibc build
+/// (docs/performance.md). glibc builds keep the system allocator.
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Installs ring as the process-wide rustls crypto provider.
 ///
 /// The redis crate builds its TLS configuration from rustls's process default. With only ring
