@@ -6,10 +6,13 @@
 
 use std::{
     collections::HashMap,
-    sync::{OnceLock, PoisonError, RwLock},
+    sync::{
+        OnceLock, PoisonError, RwLock,
+        atomic::{AtomicI64, Ordering},
+    },
 };
 
-use metrics::{Counter, Gauge, Histogram};
+use metrics::{Counter, Histogram};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
@@ -113,15 +116,24 @@ pub fn record_request(method: &str, route: &'static str, status: u16, seconds: f
     histogram.record(seconds);
 }
 
-/// Tracks requests being served right now.
-pub fn requests_in_flight(delta: f64) {
-    static IN_FLIGHT: OnceLock<Gauge> = OnceLock::new();
-    IN_FLIGHT
-        .get_or_init(|| {
-            install();
-            metrics::gauge!("http_requests_in_flight")
-        })
-        .increment(delta);
+/// Requests being served right now: a plain atomic counter, published as the
+/// `http_requests_in_flight` gauge at scrape time (a gauge update per request is a contended
+/// compare-and-swap loop on an `f64`).
+static IN_FLIGHT: AtomicI64 = AtomicI64::new(0);
+
+/// Counts a request in flight until the returned guard is dropped, however the request ends.
+pub fn request_in_flight() -> InFlight {
+    IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
+    InFlight(())
+}
+
+/// See [`request_in_flight`].
+pub struct InFlight(());
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Counts one finished job attempt by kind and outcome.
@@ -172,6 +184,7 @@ pub fn set_pool(pool: &sqlx::PgPool) {
 /// The text exposition of every metric.
 pub fn render() -> String {
     let handle = install();
+    metrics::gauge!("http_requests_in_flight").set(IN_FLIGHT.load(Ordering::Relaxed) as f64);
     handle.run_upkeep();
     handle.render()
 }

@@ -4,10 +4,17 @@
 //! never gets a healthy pod restarted. `/health/ready` checks PostgreSQL and Redis at the same
 //! time, each bounded by [`CHECK_LIMIT`], and answers 503 when either is down, so a load
 //! balancer stops sending traffic without the probe ever hanging.
+//!
+//! The router serves `/health` with [`liveness_endpoint`], outside poem-openapi and outside the
+//! load-shedding layers (see `routes`): probes arrive all the time, and a liveness probe shed by
+//! the concurrency limit would get a busy but healthy pod restarted. The operation below stays
+//! for the OpenAPI document; both build their answer with [`liveness`].
 
 use std::time::Duration;
 
-use poem_openapi::{ApiResponse, Object, OpenApi, Tags, payload::Json};
+use poem::{Endpoint, Response, endpoint::make_sync, http::header};
+use poem_openapi::{ApiResponse, Object, OpenApi, OperationId, Tags, payload::Json};
+use serde::Serialize;
 
 use super::AppState;
 
@@ -65,6 +72,42 @@ pub struct HealthApi {
     pub state: AppState,
 }
 
+/// The liveness answer, as of now.
+pub fn liveness() -> Health {
+    Health {
+        status: "healthy".to_owned(),
+        timestamp: chrono::Utc::now(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    }
+}
+
+/// `GET /health` as a plain endpoint: the same body as the documented operation, serialised
+/// directly rather than through poem-openapi's intermediate JSON value (a third of the cost of
+/// the whole request), and labelled with the operation's id for logs and metrics.
+pub fn liveness_endpoint() -> impl Endpoint<Output = Response> {
+    /// `Health` as poem-openapi writes it (timestamp in `to_rfc3339` form).
+    #[derive(Serialize)]
+    struct Body<'a> {
+        status: &'a str,
+        timestamp: String,
+        version: &'a str,
+    }
+    poem::get(make_sync(|_| {
+        let health = liveness();
+        let body = serde_json::to_vec(&Body {
+            status: &health.status,
+            timestamp: health.timestamp.to_rfc3339(),
+            version: &health.version,
+        })
+        .unwrap_or_default();
+        let mut response = Response::builder()
+            .header(header::CONTENT_TYPE, "application/json; charset=utf-8")
+            .body(body);
+        response.set_data(OperationId("health"));
+        response
+    }))
+}
+
 fn word(up: bool) -> String {
     if up { "connected" } else { "disconnected" }.to_owned()
 }
@@ -74,11 +117,7 @@ impl HealthApi {
     /// Liveness: the process serves HTTP.
     #[oai(path = "/health", method = "get", operation_id = "health")]
     async fn health(&self) -> Json<Health> {
-        Json(Health {
-            status: "healthy".to_owned(),
-            timestamp: chrono::Utc::now(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-        })
+        Json(liveness())
     }
 
     /// Readiness: PostgreSQL and Redis answer within 2 s each.

@@ -10,6 +10,9 @@
 //! 5. [`BodyLimit`]: bodies over 1 MiB get a 413, whether or not they declare a length. The
 //!    excess is read and dropped (up to a bound) before answering, so the client reads the 413
 //!    instead of a reset connection.
+//!
+//! `GET /health` passes only through 1 and 2 (and the security headers): a liveness probe
+//! must never be shed or timed out.
 
 use std::time::{Duration, Instant};
 
@@ -77,25 +80,30 @@ impl<E: Endpoint> Endpoint for RequestContextEndpoint<E> {
     type Output = Response;
 
     async fn call(&self, req: Request) -> Result<Self::Output> {
-        let request_id = req
-            .headers()
-            .get(REQUEST_ID)
-            .and_then(usable_request_id)
-            .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+        // The client's id when it is usable (a cheap clone of its header), else a new one.
+        let request_id = match req.headers().get(REQUEST_ID) {
+            Some(value) if usable_request_id(value).is_some() => value.clone(),
+            _ => {
+                let mut text = uuid::Uuid::encode_buffer();
+                let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
+                HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static("unknown"))
+            }
+        };
+        let request_id_text = request_id.to_str().unwrap_or_default();
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
         let span = tracing::info_span!(
             "http_request",
-            request_id = %request_id,
+            request_id = %request_id_text,
             method = %method,
             route = tracing::field::Empty,
             status = tracing::field::Empty,
             latency_ms = tracing::field::Empty,
         );
         let started = Instant::now();
-        crate::metrics::requests_in_flight(1.0);
+        let in_flight = crate::metrics::request_in_flight();
         let result = self.0.call(req).instrument(span.clone()).await;
-        crate::metrics::requests_in_flight(-1.0);
+        drop(in_flight);
         let mut response = match result {
             Ok(output) => output.into_response(),
             Err(err) => error_to_problem(err),
@@ -108,7 +116,7 @@ impl<E: Endpoint> Endpoint for RequestContextEndpoint<E> {
         span.record("latency_ms", latency_ms);
         crate::metrics::record_request(method.as_str(), route, status, latency_ms / 1000.0);
         span.in_scope(|| {
-            if route.starts_with("/health") || route == "/metrics" {
+            if matches!(route, "health" | "health_ready" | "/metrics") {
                 tracing::debug!("request completed");
             } else if status >= 500 {
                 tracing::warn!("request failed");
@@ -116,9 +124,7 @@ impl<E: Endpoint> Endpoint for RequestContextEndpoint<E> {
                 tracing::info!("request completed");
             }
         });
-        if let Ok(value) = HeaderValue::from_str(&request_id) {
-            response.headers_mut().insert(REQUEST_ID, value);
-        }
+        response.headers_mut().insert(REQUEST_ID, request_id);
         Ok(response)
     }
 }

@@ -334,7 +334,7 @@ pub fn routes(
         .overriding("x-content-type-options", "nosniff")
         .overriding("x-frame-options", "DENY")
         .overriding("referrer-policy", "no-referrer");
-    Route::new()
+    let shed = Route::new()
         .nest("/docs", docs)
         .at("/openapi.json", spec)
         .at("/metrics", metrics)
@@ -349,7 +349,13 @@ pub fn routes(
                 500,
                 "an unexpected error occurred",
             ))
-        }))
+        }));
+    // Liveness is answered before the limits: it does no I/O, cannot hang, and must not be
+    // shed when the API is busy (see `health`). Every request still gets an id, a span, its
+    // metrics and the security headers.
+    Route::new()
+        .at("/health", health::liveness_endpoint())
+        .nest("/", shed)
         .with(middleware::ProblemErrors)
         .with(security_headers)
         .with(middleware::RequestContext)
