@@ -87,7 +87,7 @@ check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 
 step "docker-compose.yml: project rules the schema does not cover"
 # The compose-spec schema still accepts the obsolete `version:` key; the queue's Redis must
-# keep AOF and noeviction; our images' containers stay locked down.
+# keep AOF and noeviction; our images' containers stay locked down, restart, and report health.
 "$python" - <<'PY'
 import sys
 import yaml
@@ -112,6 +112,12 @@ for name, svc in services.items():
         problems.append(f"{name}: cap_drop lacks ALL")
     if "no-new-privileges:true" not in (svc.get("security_opt") or []):
         problems.append(f"{name}: security_opt lacks no-new-privileges:true")
+for name in ("postgres", "redis", "api", "worker"):
+    svc = services.get(name) or {}
+    if svc.get("restart") != "unless-stopped":
+        problems.append(f"{name}: restart is {svc.get('restart')!r}, not 'unless-stopped'")
+    if name != "worker" and not (svc.get("healthcheck") or {}).get("test"):
+        problems.append(f"{name}: no healthcheck")
 for name in ("api", "worker"):
     deps = (services.get(name) or {}).get("depends_on") or {}
     if (deps.get("migrate") or {}).get("condition") != "service_completed_successfully":
