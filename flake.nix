@@ -40,7 +40,16 @@
           };
           redis = nixpkgs-redis7.legacyPackages.${system}.redis;
           devServices = import ./nix/dev-services.nix { inherit pkgs redis; };
-          rust = import ./nix/rust.nix { inherit pkgs crane devServices; };
+          # git revision of the flake source: the images' label and the binaries' build info
+          revision = self.rev or self.dirtyRev or "dirty";
+          rust = import ./nix/rust.nix {
+            inherit
+              pkgs
+              crane
+              devServices
+              revision
+              ;
+          };
         in
         {
           inherit
@@ -53,7 +62,7 @@
             inherit pkgs;
             inherit (rust) api worker cargoPackage;
             inherit (rust.crate) version;
-            revision = self.rev or self.dirtyRev or "dirty";
+            inherit revision;
           };
         };
 

@@ -8,6 +8,9 @@
   # writeShellApplication around ./dev-services.sh (see ./dev-services.nix); the nextest
   # check uses it to start PostgreSQL and Redis inside the build.
   devServices,
+  # git revision, compiled into the binaries (the `ai_agents_build_info` metric); only the two
+  # packages see it, so the shared dependency build stays cached across commits.
+  revision ? "unknown",
 }:
 let
   inherit (pkgs) lib stdenv;
@@ -62,8 +65,8 @@ let
     ];
   };
 
-  # The C code in the graph (ring) is compiled by the cc crate, which for a musl target looks
-  # for `<arch>-linux-musl-gcc` or `musl-gcc` and fails when neither exists. Point it at
+  # The C code in the graph (ring; mimalloc on musl) is compiled by the cc crate, which for a
+  # musl target looks for `<arch>-linux-musl-gcc` or `musl-gcc` and fails when neither exists. Point it at
   # nixpkgs' musl cross compiler of the same architecture. Linking stays with rustc's
   # default (the stdenv `cc` plus Rust's self-contained musl CRT), as in crane's example.
   muslCc =
@@ -102,6 +105,7 @@ let
         inherit cargoArtifacts;
         pname = name;
         cargoExtraArgs = "--locked --bin ${name}";
+        AI_AGENTS_GIT_REVISION = revision;
         # Tests run in checks.nextest (they need PostgreSQL and Redis).
         doCheck = false;
 
