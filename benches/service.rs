@@ -619,9 +619,15 @@ fn musl_binaries(s: &Settings, t: Instant, report: &mut Report) -> Option<PathBu
 
 async fn cleanup(s: &Settings, run_id: &str, db_name: &str) {
     if let Ok(mut admin) = PgConnection::connect(&s.owner_url("ai_agents")).await {
-        let drop = format!(r#"DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)"#);
-        if let Err(e) = admin.execute(sqlx::AssertSqlSafe(drop)).await {
-            eprintln!("bench: could not drop {db_name}: {e}");
+        // The owner may not terminate the application role's sessions (`WITH (FORCE)` is
+        // refused), so wait for the dropped pools' connections to go away.
+        let drop = format!(r#"DROP DATABASE IF EXISTS "{db_name}""#);
+        for attempt in 1..=20 {
+            match admin.execute(sqlx::AssertSqlSafe(drop.clone())).await {
+                Ok(_) => break,
+                Err(e) if attempt == 20 => eprintln!("bench: could not drop {db_name}: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
         }
         admin.close().await.ok();
     }
