@@ -39,7 +39,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ai_agents::queue::{Job, JobKind};
+use ai_agents::{
+    db::scope::TenantTx,
+    domain::TenantId,
+    queue::{Job, JobKind},
+};
 use http_body_util::Full;
 use hyper::{body::Bytes, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
@@ -281,7 +285,7 @@ async fn measure(
     report.context("PostgreSQL", version);
     report.context("Redis", command_line("redis-server", &["--version"]));
     report.context("wrk", command_line("wrk", &["--version"]));
-    let mut vars = base_vars(s, &s.app_url(db_name), &format!("bench-{run_id}-api"));
+    let vars = base_vars(s, &s.app_url(db_name), &format!("bench-{run_id}-api"));
     let mut migrate_vars = vars.clone();
     migrate_vars.insert("AI_AGENTS_DATABASE_URL".into(), s.owner_url(db_name));
     let status = spawn(
@@ -315,11 +319,7 @@ async fn measure(
     report.note(format!("hyper ceiling: {}", hyper_health.cpu_line()));
 
     progress(t, "API: start, idle memory");
-    let api_port = free_port()?;
-    let api_addr: SocketAddr = ([127, 0, 0, 1], api_port).into();
-    vars.insert("AI_AGENTS_BIND_ADDR".into(), api_addr.to_string());
-    let mut api = Proc::new(spawn(&s.bin("ai-agents-api"), &[], &vars, s, "api")?);
-    wait_ready(api_addr, Duration::from_secs(30)).await?;
+    let (mut api, api_addr) = launch_api(s, &s.bin("ai-agents-api"), &vars, "api").await?;
     create_tenant(api_addr).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let api_idle = memory(api.pid)?;
@@ -374,15 +374,12 @@ async fn measure(
     // ---- The static musl API (what the images ship), same loads, when it was built.
     if let Some(dir) = musl {
         progress(t, "static musl API: GET /health, POST /api/v1/enhancements");
-        let addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
         let mut v = vars.clone();
-        v.insert("AI_AGENTS_BIND_ADDR".into(), addr.to_string());
         v.insert(
             "AI_AGENTS_QUEUE_PREFIX".into(),
             format!("bench-{run_id}-musl"),
         );
-        let mut api = Proc::new(spawn(&dir.join("ai-agents-api"), &[], &v, s, "api-musl")?);
-        wait_ready(addr, Duration::from_secs(30)).await?;
+        let (mut api, addr) = launch_api(s, &dir.join("ai-agents-api"), &v, "api-musl").await?;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let idle = memory(api.pid)?;
         let health = wrk(
@@ -1099,7 +1096,7 @@ async fn post_ceiling(s: &Settings, db: &str, prefix: &str, services: &Services)
                 while Instant::now() < deadline {
                     let started = Instant::now();
                     let id = Uuid::now_v7();
-                    let mut tx = tenant_tx(&pool, TENANT).await?;
+                    let mut tx = TenantTx::begin(&pool, &bench_tenant()).await?;
                     let row = sqlx::query(
                         "INSERT INTO enhancement_history (id, tenant_id, ticket_id, status, context)
                          VALUES ($1, $2, $3, 'pending', $4)
@@ -1111,7 +1108,7 @@ async fn post_ceiling(s: &Settings, db: &str, prefix: &str, services: &Services)
                     .bind(TENANT)
                     .bind("BENCH-1")
                     .bind(serde_json::json!({"source": "direct"}))
-                    .fetch_one(&mut *tx)
+                    .fetch_one(tx.conn())
                     .await?;
                     let _: Uuid = row.try_get("id")?;
                     tx.commit().await?;
@@ -1170,11 +1167,7 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 /// `n` pending rows (one INSERT) and their jobs (pipelined XADDs), before any consumer starts.
 async fn seed_jobs(s: &Settings, pool: &PgPool, prefix: &str, n: usize) -> Res<Vec<Uuid>> {
     let ids: Vec<Uuid> = (0..n).map(|_| Uuid::now_v7()).collect();
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT set_config('app.current_tenant_id', $1, true)")
-        .bind(TENANT)
-        .fetch_one(&mut *tx)
-        .await?;
+    let mut tx = TenantTx::begin(pool, &bench_tenant()).await?;
     sqlx::query(
         "INSERT INTO enhancement_history (id, tenant_id, ticket_id, status, context)
          SELECT id, $2, 'DRAIN-' || ord, 'pending', '{}'::jsonb
@@ -1182,7 +1175,7 @@ async fn seed_jobs(s: &Settings, pool: &PgPool, prefix: &str, n: usize) -> Res<V
     )
     .bind(&ids)
     .bind(TENANT)
-    .execute(&mut *tx)
+    .execute(tx.conn())
     .await?;
     tx.commit().await?;
     let mut owner = PgConnection::connect(
@@ -1221,33 +1214,18 @@ async fn seed_jobs(s: &Settings, pool: &PgPool, prefix: &str, n: usize) -> Res<V
     Ok(ids)
 }
 
-/// A tenant-scoped transaction begun the way the services begin theirs (`TenantTx`): `BEGIN`
-/// and `set_config` in one round trip, so the ceilings do no more work than the services.
-/// The bench's tenant ids are plain `[a-z0-9-]`.
-async fn tenant_tx(pool: &PgPool, tenant: &str) -> Res<sqlx::Transaction<'static, sqlx::Postgres>> {
-    assert!(
-        tenant
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    );
-    Ok(pool
-        .begin_with(sqlx::AssertSqlSafe(format!(
-            "BEGIN; SELECT set_config('app.current_tenant_id', '{tenant}', true)"
-        )))
-        .await?)
+/// The bench's tenant as the services' domain type.
+fn bench_tenant() -> TenantId {
+    TenantId::parse(TENANT).expect("TENANT is a valid tenant id")
 }
 
 async fn count_completed(pool: &PgPool, ids: &[Uuid]) -> Res<u64> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT set_config('app.current_tenant_id', $1, true)")
-        .bind(TENANT)
-        .fetch_one(&mut *tx)
-        .await?;
+    let mut tx = TenantTx::begin(pool, &bench_tenant()).await?;
     let n: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM enhancement_history WHERE id = ANY($1) AND status = 'completed'",
     )
     .bind(ids)
-    .fetch_one(&mut *tx)
+    .fetch_one(tx.conn())
     .await?;
     tx.commit().await?;
     Ok(u64::try_from(n).unwrap_or(0))
@@ -1388,7 +1366,7 @@ async fn raw_drain(
                 else {
                     return Err::<_, BoxError>("unexpected job kind".into());
                 };
-                let mut tx = tenant_tx(&pool, &tenant_id).await?;
+                let mut tx = TenantTx::begin(&pool, &TenantId::parse(&tenant_id)?).await?;
                 sqlx::query(
                     "UPDATE enhancement_history
                      SET status = 'completed', processing_time_ms = 0,
@@ -1396,7 +1374,7 @@ async fn raw_drain(
                      WHERE id = $1 AND status IN ('pending', 'processing')",
                 )
                 .bind(enhancement_id)
-                .execute(&mut *tx)
+                .execute(tx.conn())
                 .await?;
                 tx.commit().await?;
                 let () = redis::pipe()
@@ -1441,6 +1419,21 @@ async fn raw_drain(
 
 /// Exec of `ai-agents-api` (migrations off, a fresh port) until its first 200 from
 /// `/health/ready`, in milliseconds.
+/// Starts an API binary on a free loopback port and waits until it is ready.
+async fn launch_api(
+    s: &Settings,
+    bin: &Path,
+    vars: &BTreeMap<String, String>,
+    label: &str,
+) -> Res<(Proc, SocketAddr)> {
+    let addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+    let mut vars = vars.clone();
+    vars.insert("AI_AGENTS_BIND_ADDR".into(), addr.to_string());
+    let api = Proc::new(spawn(bin, &[], &vars, s, label)?);
+    wait_ready(addr, Duration::from_secs(30)).await?;
+    Ok((api, addr))
+}
+
 async fn startup_once(s: &Settings, vars: &BTreeMap<String, String>) -> Res<f64> {
     let port = free_port()?;
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
@@ -1629,6 +1622,14 @@ impl Budget {
     }
 }
 
+/// `f` with the CPU shares and error counts of the wrk run it comes from.
+fn with_cpu(f: Figure, l: &Load) -> Figure {
+    f.extra("wrk_cpu_pct", l.cpu.load)
+        .extra("server_cpu_pct", l.cpu.server)
+        .extra("non_2xx", l.non_2xx as f64)
+        .extra("socket_errors", l.socket_errors as f64)
+}
+
 impl Figure {
     fn new(name: &'static str, value: f64, unit: &'static str) -> Self {
         Self {
@@ -1774,12 +1775,6 @@ impl Report {
         post: &Load,
         direct: &Load,
     ) {
-        let with_cpu = |f: Figure, l: &Load| {
-            f.extra("wrk_cpu_pct", l.cpu.load)
-                .extra("server_cpu_pct", l.cpu.server)
-                .extra("non_2xx", l.non_2xx as f64)
-                .extra("socket_errors", l.socket_errors as f64)
-        };
         self.figures.push(with_cpu(
             Figure::new("hyper_hello_rps", hyper.rps, "req/s"),
             hyper,
@@ -1851,14 +1846,9 @@ impl Report {
         direct: &Load,
         idle: Memory,
     ) {
-        let with_cpu = |f: Figure, l: &Load| {
-            f.extra("wrk_cpu_pct", l.cpu.load)
-                .extra("server_cpu_pct", l.cpu.server)
-                .extra("non_2xx", l.non_2xx as f64)
-                .extra("p99_ms", l.p99_ms)
-        };
         self.figures.push(
             with_cpu(Figure::new("musl_health_rps", health.rps, "req/s"), health)
+                .extra("p99_ms", health.p99_ms)
                 .ceiling(hyper.rps)
                 .python(python::HEALTH_RPS)
                 .budget(Budget::OfCeiling(0.7)),
@@ -1868,6 +1858,7 @@ impl Report {
                 Figure::new("musl_post_enhancements_rps", post.rps, "req/s"),
                 post,
             )
+            .extra("p99_ms", post.p99_ms)
             .ceiling(direct.rps)
             .python(python::POST_RPS)
             .budget(Budget::OfCeilingAndPython(0.5, 10.0)),
