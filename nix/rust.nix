@@ -66,8 +66,8 @@ let
   };
 
   # The C code in the graph (ring; mimalloc on musl) is compiled by the cc crate, which for a
-  # musl target looks for `<arch>-linux-musl-gcc` or `musl-gcc` and fails when neither exists. Point it at
-  # nixpkgs' musl cross compiler of the same architecture. Linking stays with rustc's
+  # musl target looks for `<arch>-linux-musl-gcc` or `musl-gcc` and fails when neither exists.
+  # Point it at nixpkgs' musl cross compiler of the same architecture. Linking stays with rustc's
   # default (the stdenv `cc` plus Rust's self-contained musl CRT), as in crane's example.
   muslCc =
     {

@@ -82,8 +82,9 @@ pub fn liveness() -> Health {
 }
 
 /// `GET /health` as a plain endpoint: the same body as the documented operation, serialised
-/// directly rather than through poem-openapi's intermediate JSON value (a third of the cost of
-/// the whole request), and labelled with the operation's id for logs and metrics.
+/// directly instead of through poem-openapi's router and intermediate JSON value (in an A/B on
+/// the bench machine a plain route served 160k req/s, the operation 111k), and labelled with
+/// the operation's id for logs and metrics.
 pub fn liveness_endpoint() -> impl Endpoint<Output = Response> {
     /// `Health` as poem-openapi writes it (timestamp in `to_rfc3339` form).
     #[derive(Serialize)]
