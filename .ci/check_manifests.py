@@ -141,6 +141,59 @@ def check_pod(name: str, template: dict, grace_secs: int) -> list[str]:
     return misses
 
 
+def metrics_ports(objects: list[dict]) -> dict[str, int]:
+    """The metrics port of each component, from its ConfigMap address (contract section 9:
+    /metrics is reachable only by the scraper)."""
+    ports: dict[str, int] = {}
+    for obj in objects:
+        if obj["kind"] != "ConfigMap":
+            continue
+        data = obj.get("data") or {}
+        for component, key in (("api", "AI_AGENTS_API_METRICS_ADDR"),
+                               ("worker", "AI_AGENTS_WORKER_METRICS_ADDR")):
+            if data.get(key):
+                ports[component] = int(str(data[key]).rsplit(":", 1)[1])
+    return ports
+
+
+def check_metrics_exposure(objects: list[dict]) -> list[str]:
+    """Every NetworkPolicy rule that admits a component's metrics port names who may come
+    (a `from`), and none admits it from everywhere; the api must have a metrics port of its
+    own (else /metrics would be on the port every client reaches); no Service exposes it."""
+    misses: list[str] = []
+    ports = metrics_ports(objects)
+    if "api" not in ports:
+        misses.append("ConfigMap: AI_AGENTS_API_METRICS_ADDR is not set, so the API's "
+                      "/metrics shares the port every client reaches")
+    for obj in objects:
+        name = f"{obj['kind']}/{obj['metadata']['name']}"
+        spec = obj.get("spec") or {}
+        if obj["kind"] == "Service":
+            component = (spec.get("selector") or {}).get("app.kubernetes.io/component")
+            for port in spec.get("ports") or []:
+                if component in ports and port.get("port") == ports[component]:
+                    misses.append(f"{name}: exposes the {component}'s metrics port")
+        if obj["kind"] != "NetworkPolicy":
+            continue
+        component = ((spec.get("podSelector") or {}).get("matchLabels") or {}).get(
+            "app.kubernetes.io/component")
+        if component not in ports:
+            continue
+        for rule in spec.get("ingress") or []:
+            rule_ports = [p.get("port") for p in rule.get("ports") or []]
+            if rule_ports and ports[component] not in rule_ports:
+                continue
+            sources = rule.get("from") or []
+            open_to_all = not sources or any(
+                source.get("namespaceSelector") == {} and "podSelector" not in source
+                for source in sources
+            )
+            if open_to_all:
+                misses.append(f"{name}: admits the {component}'s metrics port "
+                              f"{ports[component]} from everywhere")
+    return misses
+
+
 def main() -> int:
     directory = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO / "k8s"
     objects = render(directory)
@@ -173,6 +226,8 @@ def main() -> int:
         components.add(labels.get("app.kubernetes.io/component", ""))
         misses += check_pod(name, template, grace_secs)
 
+    misses += check_metrics_exposure(objects)
+
     for wanted in sorted(HTTP_COMPONENTS | GRACEFUL_COMPONENTS):
         if wanted not in components:
             misses.append(f"no pod template with app.kubernetes.io/component={wanted}")
@@ -185,7 +240,7 @@ def main() -> int:
     print(
         f"check_manifests: ok: {pods} pod templates ({', '.join(sorted(components))}) meet the "
         f"restricted standard, have requests and limits; api probes and grace periods "
-        f"(> {grace_secs} s) in place"
+        f"(> {grace_secs} s) in place; metrics ports open to the scraper only"
     )
     return 0
 

@@ -106,6 +106,15 @@ struct RawConfig {
     database_min_connections: u32,
     #[envconfig(from = "AI_AGENTS_DATABASE_CONNECT_TIMEOUT_SECS", default = "30")]
     database_connect_timeout_secs: u64,
+    #[envconfig(from = "AI_AGENTS_DATABASE_STATEMENT_TIMEOUT_MS", default = "5000")]
+    database_statement_timeout_ms: u64,
+    #[envconfig(from = "AI_AGENTS_DATABASE_LOCK_TIMEOUT_MS", default = "1000")]
+    database_lock_timeout_ms: u64,
+    #[envconfig(
+        from = "AI_AGENTS_DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+        default = "10000"
+    )]
+    database_idle_in_transaction_timeout_ms: u64,
     #[envconfig(from = "AI_AGENTS_REDIS_URL")]
     redis_url: Option<String>,
     #[envconfig(from = "AI_AGENTS_REDIS_MAX_CONNECTIONS", default = "10")]
@@ -138,6 +147,12 @@ struct RawConfig {
     worker_metrics_addr: Option<String>,
     #[envconfig(from = "AI_AGENTS_REQUEST_TIMEOUT_SECS", default = "30")]
     request_timeout_secs: u64,
+    #[envconfig(from = "AI_AGENTS_CLIENT_READ_TIMEOUT_SECS", default = "30")]
+    client_read_timeout_secs: u64,
+    #[envconfig(from = "AI_AGENTS_ALLOW_INTERNAL_URLS", default = "false")]
+    allow_internal_urls: Flag,
+    #[envconfig(from = "AI_AGENTS_API_METRICS_ADDR")]
+    api_metrics_addr: Option<String>,
 }
 
 /// A configuration problem, always tied to one variable; the value is never repeated.
@@ -179,6 +194,21 @@ pub struct DatabaseConfig {
     pub min_connections: u32,
     /// How long a caller waits for a connection before giving up.
     pub connect_timeout: Duration,
+    /// Server-side bounds of every application session (not of migrations).
+    pub session_limits: SessionLimits,
+}
+
+/// PostgreSQL's own bounds on one session, set at connect time (startup `options`, so they
+/// survive `RESET ALL`): a statement stuck on a lock or a slow plan gives up instead of holding
+/// a pooled connection until every request behind it times out (contract section 9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// `statement_timeout`.
+    pub statement_timeout: Duration,
+    /// `lock_timeout`.
+    pub lock_timeout: Duration,
+    /// `idle_in_transaction_session_timeout`.
+    pub idle_in_transaction_timeout: Duration,
 }
 
 /// Redis client settings.
@@ -240,6 +270,12 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Deadline of one HTTP request.
     pub request_timeout: Duration,
+    /// Time a client has to send a request head, and again its body.
+    pub client_read_timeout: Duration,
+    /// Whether service-desk URLs may name loopback, private and link-local hosts.
+    pub allow_internal_urls: bool,
+    /// Where the API serves `/metrics` instead of its main port, when set.
+    pub api_metrics_addr: Option<SocketAddr>,
 }
 
 impl fmt::Debug for Config {
@@ -304,6 +340,7 @@ impl Config {
     fn from_raw(raw: RawConfig, requirements: Requirements) -> Result<Self, ConfigError> {
         let env = raw.environment;
         let dev = env == Environment::Development;
+        let session_limits = session_limits(&raw, requirements)?;
         let non_empty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
         let bind_addr = resolve_bind_addr(&raw.bind_addr).ok_or_else(|| {
             ConfigError::new(
@@ -390,6 +427,19 @@ impl Config {
         )?;
         positive("AI_AGENTS_TASK_TIME_LIMIT_SECS", raw.task_time_limit_secs)?;
         positive("AI_AGENTS_REQUEST_TIMEOUT_SECS", raw.request_timeout_secs)?;
+        positive(
+            "AI_AGENTS_CLIENT_READ_TIMEOUT_SECS",
+            raw.client_read_timeout_secs,
+        )?;
+        if requirements == Requirements::Worker
+            && raw.worker_reclaim_after_secs <= raw.task_time_limit_secs
+        {
+            return Err(ConfigError::new(
+                "AI_AGENTS_WORKER_RECLAIM_AFTER_SECS",
+                "must be greater than AI_AGENTS_TASK_TIME_LIMIT_SECS (a job still running must \
+                 never be handed to a second worker)",
+            ));
+        }
         if raw.task_soft_time_limit_secs > raw.task_time_limit_secs {
             return Err(ConfigError::new(
                 "AI_AGENTS_TASK_SOFT_TIME_LIMIT_SECS",
@@ -413,6 +463,10 @@ impl Config {
             .map(|s| s.trim().parse::<SocketAddr>())
             .transpose()
             .map_err(|_| ConfigError::new("AI_AGENTS_WORKER_METRICS_ADDR", "must be HOST:PORT"))?;
+        let api_metrics_addr = non_empty(raw.api_metrics_addr)
+            .map(|s| resolve_bind_addr(&s).ok_or(()))
+            .transpose()
+            .map_err(|()| ConfigError::new("AI_AGENTS_API_METRICS_ADDR", "must be HOST:PORT"))?;
         let run_migrations = match non_empty(raw.run_migrations) {
             Some(s) => {
                 s.parse::<Flag>()
@@ -460,6 +514,7 @@ impl Config {
                 // A pool smaller than the default minimum simply keeps all its connections.
                 min_connections: raw.database_min_connections.min(raw.database_pool_size),
                 connect_timeout: Duration::from_secs(raw.database_connect_timeout_secs),
+                session_limits,
             },
             redis: RedisConfig {
                 url: SecretString::new(redis_url),
@@ -481,6 +536,9 @@ impl Config {
             },
             shutdown_grace: Duration::from_secs(raw.shutdown_grace_secs),
             request_timeout: Duration::from_secs(raw.request_timeout_secs),
+            client_read_timeout: Duration::from_secs(raw.client_read_timeout_secs),
+            allow_internal_urls: raw.allow_internal_urls.0,
+            api_metrics_addr,
         })
     }
 }
@@ -492,6 +550,47 @@ fn resolve_bind_addr(raw: &str) -> Option<SocketAddr> {
         return Some(addr);
     }
     std::net::ToSocketAddrs::to_socket_addrs(raw).ok()?.next()
+}
+
+/// The session bounds, checked against each other and, for the API, against the request
+/// deadline: a statement must give up before the request it serves does.
+fn session_limits(
+    raw: &RawConfig,
+    requirements: Requirements,
+) -> Result<SessionLimits, ConfigError> {
+    positive(
+        "AI_AGENTS_DATABASE_STATEMENT_TIMEOUT_MS",
+        raw.database_statement_timeout_ms,
+    )?;
+    positive(
+        "AI_AGENTS_DATABASE_LOCK_TIMEOUT_MS",
+        raw.database_lock_timeout_ms,
+    )?;
+    positive(
+        "AI_AGENTS_DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+        raw.database_idle_in_transaction_timeout_ms,
+    )?;
+    if raw.database_lock_timeout_ms > raw.database_statement_timeout_ms {
+        return Err(ConfigError::new(
+            "AI_AGENTS_DATABASE_LOCK_TIMEOUT_MS",
+            "must not exceed AI_AGENTS_DATABASE_STATEMENT_TIMEOUT_MS",
+        ));
+    }
+    if requirements == Requirements::Api
+        && raw.database_statement_timeout_ms >= raw.request_timeout_secs.saturating_mul(1000)
+    {
+        return Err(ConfigError::new(
+            "AI_AGENTS_DATABASE_STATEMENT_TIMEOUT_MS",
+            "must be below AI_AGENTS_REQUEST_TIMEOUT_SECS",
+        ));
+    }
+    Ok(SessionLimits {
+        statement_timeout: Duration::from_millis(raw.database_statement_timeout_ms),
+        lock_timeout: Duration::from_millis(raw.database_lock_timeout_ms),
+        idle_in_transaction_timeout: Duration::from_millis(
+            raw.database_idle_in_transaction_timeout_ms,
+        ),
+    })
 }
 
 fn positive(variable: &'static str, value: u64) -> Result<(), ConfigError> {
@@ -662,6 +761,57 @@ mod tests {
             Requirements::Worker,
         );
         assert_eq!(error.variable, "AI_AGENTS_TASK_SOFT_TIME_LIMIT_SECS");
+    }
+
+    #[test]
+    fn reclaim_must_outlast_the_hard_time_limit_for_the_worker() {
+        let pairs = [
+            ("AI_AGENTS_WORKER_RECLAIM_AFTER_SECS", "3"),
+            ("AI_AGENTS_TASK_TIME_LIMIT_SECS", "30"),
+            ("AI_AGENTS_TASK_SOFT_TIME_LIMIT_SECS", "20"),
+        ];
+        let error = error_of(&pairs, Requirements::Worker);
+        assert_eq!(error.variable, "AI_AGENTS_WORKER_RECLAIM_AFTER_SECS");
+        assert!(error.to_string().contains("AI_AGENTS_TASK_TIME_LIMIT_SECS"));
+        // The API does not reclaim jobs: the same values do not stop it.
+        assert!(Config::from_map(&vars(&pairs), Requirements::Api).is_ok());
+    }
+
+    #[test]
+    fn session_limits_are_ordered_and_below_the_request_deadline() {
+        let config = Config::from_map(&HashMap::new(), Requirements::Api).expect("defaults");
+        assert_eq!(
+            config.database.session_limits.statement_timeout,
+            Duration::from_secs(5)
+        );
+        assert_eq!(config.client_read_timeout, Duration::from_secs(30));
+        assert!(!config.allow_internal_urls);
+        let error = error_of(
+            &[
+                ("AI_AGENTS_DATABASE_STATEMENT_TIMEOUT_MS", "500"),
+                ("AI_AGENTS_DATABASE_LOCK_TIMEOUT_MS", "1000"),
+            ],
+            Requirements::Api,
+        );
+        assert_eq!(error.variable, "AI_AGENTS_DATABASE_LOCK_TIMEOUT_MS");
+        let error = error_of(
+            &[
+                ("AI_AGENTS_DATABASE_STATEMENT_TIMEOUT_MS", "30000"),
+                ("AI_AGENTS_REQUEST_TIMEOUT_SECS", "30"),
+            ],
+            Requirements::Api,
+        );
+        assert_eq!(error.variable, "AI_AGENTS_DATABASE_STATEMENT_TIMEOUT_MS");
+        let error = error_of(
+            &[("AI_AGENTS_CLIENT_READ_TIMEOUT_SECS", "0")],
+            Requirements::Api,
+        );
+        assert_eq!(error.variable, "AI_AGENTS_CLIENT_READ_TIMEOUT_SECS");
+        let error = error_of(
+            &[("AI_AGENTS_ALLOW_INTERNAL_URLS", "perhaps")],
+            Requirements::Api,
+        );
+        assert_eq!(error.variable, "AI_AGENTS_ALLOW_INTERNAL_URLS");
     }
 
     #[test]

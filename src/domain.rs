@@ -3,7 +3,10 @@
 //! The HTTP edge parses raw strings into these types once; everything behind it (repositories,
 //! the queue, the worker) takes the types and so can never see an invalid tenant id or URL.
 
-use std::fmt;
+use std::{
+    fmt,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -101,17 +104,30 @@ impl TicketId {
     }
 }
 
-/// Pattern of [`ServiceDeskUrl`], shared with the OpenAPI document.
-pub const SERVICEDESK_URL_PATTERN: &str = r"^https?://[A-Za-z0-9._~%-]+(:[0-9]{1,5})?(/\S*)?$";
+/// Pattern of [`ServiceDeskUrl`], shared with the OpenAPI document: a DNS name or IPv4
+/// address, or an IPv6 address in brackets, then an optional port and path.
+pub const SERVICEDESK_URL_PATTERN: &str =
+    r"^https?://([A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?(/\S*)?$";
 
-/// A tenant's service desk base URL: absolute http(s), at most 500 characters.
+/// Which hosts a service-desk URL may name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostPolicy {
+    /// Public hosts only: the service will call this URL, and a URL naming an internal
+    /// address would make it a proxy into its own network (SSRF; contract section 9).
+    PublicOnly,
+    /// Any host (`AI_AGENTS_ALLOW_INTERNAL_URLS=true`: local development against a stub).
+    AllowInternal,
+}
+
+/// A tenant's service desk base URL: absolute http(s), at most 500 characters, and (unless
+/// the policy allows it) not naming an internal host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceDeskUrl(String);
 
 impl ServiceDeskUrl {
-    /// Parses a service desk URL: `http(s)://HOST[:PORT][/PATH]`, where the host is a DNS name
-    /// or IPv4 address and the path has no white space ([`SERVICEDESK_URL_PATTERN`]).
-    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+    /// Parses a service desk URL: `http(s)://HOST[:PORT][/PATH]` ([`SERVICEDESK_URL_PATTERN`]),
+    /// refusing internal hosts under [`HostPolicy::PublicOnly`] (see `internal_host`).
+    pub fn parse(raw: &str, policy: HostPolicy) -> Result<Self, InvalidValue> {
         let invalid = |reason| InvalidValue {
             field: "servicedesk_url",
             reason,
@@ -125,20 +141,29 @@ impl ServiceDeskUrl {
             .or_else(|| raw.strip_prefix("http://"))
             .ok_or_else(not_url)?;
         let (authority, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
-        let (host, port) = authority
-            .split_once(':')
-            .map_or((authority, None), |(h, p)| (h, Some(p)));
-        let host_ok = !host.is_empty()
-            && host
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._~%-".contains(c));
+        let (host, port) = split_host_port(authority).ok_or_else(not_url)?;
+        let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            Some(v6) => v6.parse::<Ipv6Addr>().is_ok(),
+            None => {
+                !host.is_empty()
+                    && host
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+            }
+        };
         let port_ok =
             port.is_none_or(|p| p.chars().all(|c| c.is_ascii_digit()) && p.parse::<u16>().is_ok());
         let path_ok = !path.chars().any(char::is_whitespace);
-        if host_ok && port_ok && path_ok {
-            Ok(Self(raw.to_owned()))
-        } else {
-            Err(not_url())
+        if !(host_ok && port_ok && path_ok) {
+            return Err(not_url());
+        }
+        match internal_host(host) {
+            Err(()) => Err(not_url()),
+            Ok(true) if policy == HostPolicy::PublicOnly => Err(invalid(
+                "must name a public host, not localhost, a single-label, .internal or .local name, \
+                 or a loopback, private, link-local, unique-local, CGNAT or unspecified address",
+            )),
+            Ok(_) => Ok(Self(raw.to_owned())),
         }
     }
 
@@ -146,6 +171,128 @@ impl ServiceDeskUrl {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// `host[:port]` of an authority, where host may be a bracketed IPv6 address.
+fn split_host_port(authority: &str) -> Option<(&str, Option<&str>)> {
+    if authority.starts_with('[') {
+        let end = authority.find(']')? + 1;
+        let (host, rest) = authority.split_at(end);
+        return match rest {
+            "" => Some((host, None)),
+            _ => Some((host, Some(rest.strip_prefix(':')?))),
+        };
+    }
+    Some(
+        authority
+            .split_once(':')
+            .map_or((authority, None), |(h, p)| (h, Some(p))),
+    )
+}
+
+/// Whether `host` (as written in a URL) names a machine inside the deployment's own network:
+/// `localhost`, a single-label name (`redis`, `postgres`), a `.internal`, `.local` or `.svc`
+/// name, or an IP literal — in any notation a URL parser accepts (dotted, decimal `2130706433`,
+/// hex `0x7f000001`, octal `0177.1`, bracketed IPv6, IPv4-mapped IPv6) — in a loopback,
+/// private, link-local, unique-local, CGNAT or unspecified range. `Err` when the host looks
+/// like an IPv4 address but is not a valid one.
+///
+/// This judges the URL as written. A public name can still resolve to an internal address
+/// (DNS rebinding), so the code that calls the URL must check the address it connects to.
+fn internal_host(host: &str) -> Result<bool, ()> {
+    let host = host.to_ascii_lowercase();
+    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return v6.parse::<Ipv6Addr>().map(internal_v6).map_err(|_| ());
+    }
+    let host = host.strip_suffix('.').unwrap_or(&host);
+    if ends_in_a_number(host) {
+        return parse_ipv4(host).map(internal_v4);
+    }
+    let name_internal = host == "localhost"
+        || !host.contains('.')
+        || [".localhost", ".internal", ".local", ".svc"]
+            .iter()
+            .any(|suffix| host.ends_with(suffix));
+    Ok(name_internal)
+}
+
+/// The WHATWG URL rule that makes a host an IPv4 address: its last label is a number.
+fn ends_in_a_number(host: &str) -> bool {
+    let last = host.rsplit('.').next().unwrap_or(host);
+    !last.is_empty()
+        && (last.bytes().all(|b| b.is_ascii_digit())
+            || last
+                .strip_prefix("0x")
+                .is_some_and(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit())))
+}
+
+/// An IPv4 address in any notation of the WHATWG URL standard: 1–4 parts, each decimal,
+/// `0x` hex or `0`-prefixed octal; the last part fills the remaining bytes.
+fn parse_ipv4(host: &str) -> Result<Ipv4Addr, ()> {
+    let parts: Vec<&str> = host.split('.').collect();
+    if parts.is_empty() || parts.len() > 4 {
+        return Err(());
+    }
+    let numbers = parts
+        .iter()
+        .map(|part| {
+            let (digits, radix) = if let Some(hex) = part.strip_prefix("0x") {
+                (hex, 16)
+            } else if part.len() > 1 && part.starts_with('0') {
+                (&part[1..], 8)
+            } else {
+                (*part, 10)
+            };
+            match (digits.is_empty(), part.is_empty()) {
+                (_, true) => Err(()),
+                (true, false) => Ok(0),
+                _ => u64::from_str_radix(digits, radix).map_err(|_| ()),
+            }
+        })
+        .collect::<Result<Vec<u64>, ()>>()?;
+    let (last, leading) = numbers.split_last().ok_or(())?;
+    if leading.iter().any(|&n| n > 255) {
+        return Err(());
+    }
+    let room = 8 * (5 - numbers.len() as u32);
+    if *last >= 1_u64 << room {
+        return Err(());
+    }
+    let mut value = *last;
+    for (i, &n) in leading.iter().enumerate() {
+        value += n << (8 * (3 - i as u32));
+    }
+    u32::try_from(value).map(Ipv4Addr::from).map_err(|_| ())
+}
+
+/// Loopback, private, link-local, CGNAT (100.64/10) or "this network" (0/8).
+fn internal_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, ..] = ip.octets();
+    ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local()
+        || ip.is_unspecified()
+        || a == 0
+        || (a == 100 && (64..128).contains(&b))
+}
+
+/// Loopback, unspecified, unique-local (fc00::/7), link-local (fe80::/10), site-local
+/// (fec0::/10), or an IPv4-mapped, -compatible or NAT64 (64:ff9b::/96) form of an internal
+/// IPv4 address.
+fn internal_v6(ip: Ipv6Addr) -> bool {
+    let segments = ip.segments();
+    let embedded_v4 = || {
+        let [.., a, b, c, d] = ip.octets();
+        Ipv4Addr::new(a, b, c, d)
+    };
+    ip.is_loopback()
+        || ip.is_unspecified()
+        || (segments[0] & 0xfe00) == 0xfc00
+        || (segments[0] & 0xffc0) == 0xfe80
+        || (segments[0] & 0xffc0) == 0xfec0
+        || ip.to_ipv4_mapped().is_some_and(internal_v4)
+        || (segments[..6] == [0; 6] && internal_v4(embedded_v4()))
+        || (segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] && internal_v4(embedded_v4()))
 }
 
 /// A display name: 1–255 characters, not blank.
@@ -286,8 +433,16 @@ mod tests {
 
     #[test]
     fn urls() {
-        for ok in ["https://desk.example.com", "http://localhost:8080/api"] {
-            assert!(ServiceDeskUrl::parse(ok).is_ok(), "{ok}");
+        for ok in [
+            "https://desk.example.com",
+            "http://desk.example.com:8080/api",
+            "https://8.8.8.8/x",
+            "https://[2001:db8::1]:8443/",
+        ] {
+            assert!(
+                ServiceDeskUrl::parse(ok, HostPolicy::PublicOnly).is_ok(),
+                "{ok}"
+            );
         }
         let long = format!("https://e.com/{}", "a".repeat(500));
         for bad in [
@@ -297,9 +452,68 @@ mod tests {
             "not a url",
             "",
             long.as_str(),
+            "http://%31%32%37.0.0.1/",
+            "http://user@desk.example.com/",
+            "http://[::1/",
+            "http://1.2.3.4.5/",
+            "http://256.1.1.1/",
         ] {
-            assert!(ServiceDeskUrl::parse(bad).is_err(), "{bad}");
+            assert!(
+                ServiceDeskUrl::parse(bad, HostPolicy::AllowInternal).is_err(),
+                "{bad}"
+            );
         }
+    }
+
+    #[test]
+    fn internal_hosts_are_refused_unless_allowed() {
+        for internal in [
+            "http://169.254.169.254/latest/meta-data/",
+            "http://127.0.0.1:6379/",
+            "http://2130706433/",
+            "http://0x7f000001/",
+            "http://0177.0.0.1/",
+            "http://127.1/",
+            "http://10.0.0.5/",
+            "http://172.16.3.4/",
+            "http://192.168.1.1/",
+            "http://100.64.0.1/",
+            "http://0.0.0.0/",
+            "http://0/",
+            "http://[::1]/",
+            "http://[::]/",
+            "http://[fd00::1]/",
+            "http://[fe80::1]/",
+            "http://[::ffff:127.0.0.1]/",
+            "http://[::ffff:a9fe:a9fe]/",
+            "http://[64:ff9b::10.0.0.1]/",
+            "http://redis:6379/",
+            "http://postgres/",
+            "http://localhost:8080/api",
+            "http://LOCALHOST./",
+            "http://api.localhost/",
+            "http://metadata.google.internal/",
+            "http://printer.local/",
+            "http://ai-agents-redis.ai-agents.svc/",
+            "http://127.0.0.1./",
+        ] {
+            let refused =
+                ServiceDeskUrl::parse(internal, HostPolicy::PublicOnly).expect_err(internal);
+            assert!(
+                refused.reason.contains("public host"),
+                "{internal}: {refused}"
+            );
+            assert!(
+                ServiceDeskUrl::parse(internal, HostPolicy::AllowInternal).is_ok(),
+                "{internal}"
+            );
+        }
+        for public in ["100.128.0.1", "172.32.0.1", "11.0.0.1", "desk.example.com"] {
+            assert_eq!(internal_host(public), Ok(false), "{public}");
+        }
+        assert_eq!(parse_ipv4("2130706433"), Ok(Ipv4Addr::LOCALHOST));
+        assert_eq!(parse_ipv4("0x7f.1"), Ok(Ipv4Addr::LOCALHOST));
+        assert_eq!(parse_ipv4("127.0.1"), Ok(Ipv4Addr::new(127, 0, 0, 1)));
     }
 
     #[test]

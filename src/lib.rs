@@ -13,6 +13,7 @@ pub mod db;
 pub mod domain;
 pub mod healthcheck;
 pub mod metrics;
+pub mod os;
 pub mod queue;
 pub mod secret;
 pub mod shutdown;

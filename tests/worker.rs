@@ -17,7 +17,6 @@ mod common;
 
 use std::{
     collections::HashMap,
-    path::PathBuf,
     process::ExitStatus,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -317,6 +316,8 @@ impl Env {
             ("AI_AGENTS_WORKER_MAX_RETRIES", "3"),
             ("AI_AGENTS_WORKER_RETRY_BASE_MS", "200"),
             ("AI_AGENTS_WORKER_RECLAIM_AFTER_SECS", "3"),
+            ("AI_AGENTS_TASK_SOFT_TIME_LIMIT_SECS", "1"),
+            ("AI_AGENTS_TASK_TIME_LIMIT_SECS", "2"),
         ];
         for (name, value) in defaults.iter().chain(extra) {
             vars.insert((*name).to_owned(), (*value).to_owned());
@@ -961,97 +962,10 @@ async fn sigterm_abandons_a_job_longer_than_the_grace_and_it_comes_back() {
 
 // 6 ------------------------------------------------------------------------------------------
 
-/// A redis-server of the test's own, with AOF, in a temporary directory.
-struct OwnRedis {
-    port: u16,
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl OwnRedis {
-    async fn start() -> Self {
-        let dir = std::env::temp_dir().join(format!("ai-agents-redis-{}", Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).expect("redis dir");
-        let mut redis = Self {
-            port: common::closed_port(),
-            dir,
-            child: None,
-        };
-        redis.launch().await;
-        redis
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    async fn launch(&mut self) {
-        let child = tokio::process::Command::new("redis-server")
-            .arg("--port")
-            .arg(self.port.to_string())
-            .args(["--bind", "127.0.0.1"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .args(["--appendonly", "yes", "--appendfsync", "everysec"])
-            .args(["--save", ""])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("redis-server starts (is it on PATH?)");
-        self.child = Some(child);
-        let url = self.url();
-        let up = eventually(Duration::from_secs(10), || {
-            let url = url.clone();
-            async move {
-                let Ok(client) = redis::Client::open(url) else {
-                    return false;
-                };
-                let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
-                    return false;
-                };
-                redis::cmd("PING")
-                    .query_async::<String>(&mut conn)
-                    .await
-                    .is_ok_and(|p| p == "PONG")
-            }
-        })
-        .await;
-        assert!(up, "own redis-server did not come up");
-    }
-
-    /// SIGTERM (a graceful shutdown that flushes the AOF), then the same port and directory.
-    async fn restart(&mut self) {
-        let mut child = self.child.take().expect("running");
-        let pid = child.id().expect("pid");
-        let status = std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status()
-            .expect("kill runs");
-        assert!(status.success());
-        tokio::time::timeout(Duration::from_secs(10), child.wait())
-            .await
-            .expect("redis-server stops")
-            .expect("wait");
-        self.launch().await;
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.start_kill();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_restart_with_aof_keeps_queued_jobs() {
     const N: usize = 50;
-    let mut redis = OwnRedis::start().await;
+    let mut redis = common::OwnRedis::start().await;
     let env = Env::on_redis(&redis.url()).await;
     env.insert_and_enqueue(N).await;
     // A consumer that took two jobs and will never come back (no heartbeat).

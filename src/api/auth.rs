@@ -1,7 +1,10 @@
 //! Bearer authentication for `/api/v1`.
 //!
 //! The token is compared in constant time, so response timing does not reveal how much of a
-//! guessed token was right. A failed check becomes a 401 problem in the error middleware.
+//! guessed token was right. It is checked twice, by the same [`token_matches`]: first by
+//! [`TokenGate`](super::middleware::TokenGate) from the headers alone, before anything reads or
+//! waits for the body (a client without the token cannot hold the server busy with a slow
+//! body), then by each operation's [`AdminAuth`], which also documents the scheme in OpenAPI.
 
 use poem::Request;
 use poem_openapi::{SecurityScheme, auth::Bearer};
@@ -20,10 +23,39 @@ pub struct AdminAuth(());
 
 async fn check_token(req: &Request, bearer: Bearer) -> Option<()> {
     let expected = req.data::<AdminToken>()?;
-    let matches: bool = bearer
-        .token
+    token_matches(&bearer.token, &expected.0).then_some(())
+}
+
+/// Whether `presented` is the admin token, compared in constant time.
+pub fn token_matches(presented: &str, expected: &SecretString) -> bool {
+    presented
         .as_bytes()
-        .ct_eq(expected.0.expose().as_bytes())
-        .into();
-    matches.then_some(())
+        .ct_eq(expected.expose().as_bytes())
+        .into()
+}
+
+/// The token of an `Authorization: Bearer <token>` header value (scheme case-insensitive).
+pub fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_header_parsing() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer  abc "), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer "), None);
+        assert_eq!(bearer_token("Bearer"), None);
+        let token = SecretString::new("s3cret".to_owned());
+        assert!(token_matches("s3cret", &token));
+        assert!(!token_matches("s3cre", &token));
+    }
 }

@@ -178,14 +178,13 @@ fn tenant_not_found(tenant: &str) -> ApiError {
 
 /// Stores the `pending` row, then queues its job; if queueing fails, deletes the row again.
 async fn store_and_enqueue(
-    pool: sqlx::PgPool,
-    queue: crate::queue::Queue,
+    state: AppState,
     tenant: TenantId,
     ticket: TicketId,
     context: Value,
 ) -> Result<EnhancementRow, ApiError> {
     let id = Uuid::now_v7();
-    let mut tx = TenantTx::begin(&pool, &tenant).await?;
+    let mut tx = state.tenant_tx(&tenant).await?;
     let row = match enhancements::insert(&mut tx, id, &ticket, &context).await {
         Ok(row) => row,
         Err(e) if violated_constraint(&e) == Some(TENANT_FK) => {
@@ -199,10 +198,10 @@ async fn store_and_enqueue(
         enhancement_id: id,
         tenant_id: tenant.as_str().to_owned(),
     });
-    if let Err(e) = queue.enqueue(&job).await {
+    if let Err(e) = state.queue.enqueue(&job).await {
         // No row without a job: take the row back before answering.
         let undo = async {
-            let mut tx = TenantTx::begin(&pool, &tenant).await?;
+            let mut tx = TenantTx::begin(&state.pool, &tenant).await?;
             enhancements::delete(&mut tx, id).await?;
             tx.commit().await
         };
@@ -239,10 +238,14 @@ impl EnhancementsApi {
         storable_json("context", &context)?;
         // Its own task: once the row is committed, the job is queued (or the row taken back)
         // even if the client hangs up or the request deadline fires in between.
-        let (pool, queue) = (self.state.pool.clone(), self.state.queue.clone());
-        let row = tokio::spawn(store_and_enqueue(pool, queue, tenant, ticket, context))
-            .await
-            .map_err(|_| ApiError::internal())??;
+        let row = tokio::spawn(store_and_enqueue(
+            self.state.clone(),
+            tenant,
+            ticket,
+            context,
+        ))
+        .await
+        .map_err(|_| ApiError::internal())??;
         Ok(Accepted::Accepted(Json(row.into())))
     }
 
@@ -290,7 +293,7 @@ impl EnhancementsApi {
         let mut rows = match tenant_id.0.as_deref().filter(|t| !t.is_empty()) {
             Some(raw) => match TenantId::parse(raw) {
                 Ok(tenant) => {
-                    let mut tx = TenantTx::begin(&self.state.pool, &tenant).await?;
+                    let mut tx = self.state.tenant_tx(&tenant).await?;
                     let rows =
                         enhancements::list_for_tenant(&mut tx, status, after, limit + 1).await?;
                     tx.commit().await?;

@@ -3,7 +3,10 @@
 //! `/health` does no I/O: it answers as long as the process serves HTTP, so a slow database
 //! never gets a healthy pod restarted. `/health/ready` checks PostgreSQL and Redis at the same
 //! time, each bounded by [`CHECK_LIMIT`], and answers 503 when either is down, so a load
-//! balancer stops sending traffic without the probe ever hanging.
+//! balancer stops sending traffic without the probe ever hanging. The database check uses a
+//! connection of its own ([`crate::db::probe_pool`]): a request pool saturated by traffic (or
+//! by requests stuck behind a locked row) is busy, not down, and must not take every replica
+//! out of service at once.
 //!
 //! The router serves `/health` with [`liveness_endpoint`], outside poem-openapi and outside the
 //! load-shedding layers (see `routes`): probes arrive all the time, and a liveness probe shed by
@@ -125,7 +128,7 @@ impl HealthApi {
     #[oai(path = "/health/ready", method = "get", operation_id = "health_ready")]
     async fn ready(&self) -> ReadyResponse {
         let (database, redis) = tokio::join!(
-            crate::db::ping(&self.state.pool, CHECK_LIMIT),
+            crate::db::ping(&self.state.probe, CHECK_LIMIT),
             self.state.queue.redis().ping(CHECK_LIMIT),
         );
         let body = Readiness {

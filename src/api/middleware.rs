@@ -4,15 +4,20 @@
 //!    a tracing span with method, route, status and latency, one access-log line.
 //! 2. [`ProblemErrors`]: every error — from a handler, poem's router, a payload parser or the
 //!    auth check — leaves as `application/problem+json`, never as poem's plain `Display` text.
-//! 3. [`Deadline`]: a request that takes longer than the configured timeout gets a 503.
-//! 4. [`ConcurrencyLimit`]: past a fixed number of requests in progress, new ones get a 503 at
+//! 3. [`HeaderLimits`]: more than [`MAX_HEADERS`] header lines or [`MAX_HEADER_BYTES`] of them
+//!    get a 431. (hyper's own, higher limits answer with an empty body: see `server`.)
+//! 4. [`TokenGate`]: a request under `/api/v1` without the admin token gets its 401 from the
+//!    headers alone, before anything reads or waits for its body.
+//! 5. [`BodyLimit`]: the body is read here, within the client read timeout and up to 1 MiB,
+//!    before the request takes a concurrency slot: a slow client holds no slot. Too slow gets a
+//!    408, too large a 413 (the excess is read and dropped, up to a bound, so the client reads
+//!    the answer instead of a reset connection).
+//! 6. [`ConcurrencyLimit`]: past a fixed number of requests in progress, new ones get a 503 at
 //!    once, so a burst cannot queue without bound.
-//! 5. [`BodyLimit`]: bodies over 1 MiB get a 413, whether or not they declare a length. The
-//!    excess is read and dropped (up to a bound) before answering, so the client reads the 413
-//!    instead of a reset connection.
+//! 7. [`Deadline`]: a request whose handling takes longer than the configured timeout gets a 503.
 //!
-//! `GET /health` passes only through 1 and 2 (and the security headers): a liveness probe
-//! must never be shed or timed out.
+//! `GET /health` passes only through 1 to 3 (and the security headers): a liveness probe must
+//! never be shed or timed out.
 
 use std::time::{Duration, Instant};
 
@@ -24,10 +29,18 @@ use poem::{
 use poem_openapi::OperationId;
 use tracing::Instrument;
 
-use super::problem::{Problem, RETRY_AFTER_SECS};
+use super::{
+    auth,
+    problem::{Problem, RETRY_AFTER_SECS},
+};
+use crate::secret::SecretString;
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Most header lines a request may have.
+pub const MAX_HEADERS: usize = 100;
+/// Most bytes all header names and values of a request may take together.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// How much of an oversized body is drained before answering 413.
 const MAX_DRAIN_BYTES: usize = 64 * 1024 * 1024;
 const REQUEST_ID: &str = "x-request-id";
@@ -231,8 +244,10 @@ fn default_detail(status: u16) -> &'static str {
         404 => "no such resource",
         405 => "method not allowed on this resource",
         406 => "the requested media type cannot be produced",
+        408 => "the request was not received in time",
         411 => "a Content-Length or chunked body is required",
         413 => "the request body is larger than 1 MiB",
+        431 => "the request headers are too many or too large",
         415 => "the body must be application/json",
         503 => "a dependency is unavailable, retry later",
         _ if status >= 500 => "an unexpected error occurred",
@@ -304,25 +319,72 @@ impl<E: Endpoint> Endpoint for ConcurrencyLimitEndpoint<E> {
     }
 }
 
-/// Caps request bodies at [`MAX_BODY_BYTES`].
-pub struct BodyLimit;
+/// Caps request bodies at [`MAX_BODY_BYTES`] and the time to send them at the client read
+/// timeout, reading them whole before the layers inside see the request.
+pub struct BodyLimit {
+    /// Time a client has to send the whole body.
+    pub read_timeout: Duration,
+}
 
 impl<E: Endpoint> Middleware<E> for BodyLimit {
     type Output = BodyLimitEndpoint<E>;
     fn transform(&self, ep: E) -> Self::Output {
-        BodyLimitEndpoint(ep)
+        BodyLimitEndpoint(ep, self.read_timeout)
     }
 }
 
 /// See [`BodyLimit`].
-pub struct BodyLimitEndpoint<E>(E);
+pub struct BodyLimitEndpoint<E>(E, Duration);
 
-fn too_large() -> Response {
-    let mut response = problem_response(&Problem::new(413, default_detail(413)));
+/// An answer after which the connection closes: the rest of the request was not read.
+fn closing(status: u16, detail: &str) -> Response {
+    let mut response = problem_response(&Problem::new(status, detail));
     response
         .headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
     response
+}
+
+fn too_large() -> Response {
+    closing(413, default_detail(413))
+}
+
+/// Why a body could not be taken.
+enum BodyRefused {
+    TooLarge,
+    TooSlow,
+    CutOff,
+}
+
+/// Reads the whole body of `req` within `limit`; the body, or why not.
+async fn read_body(
+    req: &mut Request,
+    declared: Option<usize>,
+    limit: Duration,
+) -> Result<Vec<u8>, BodyRefused> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut stream = req.take_body().into_bytes_stream();
+    let mut buffer = Vec::with_capacity(declared.unwrap_or(0).min(MAX_BODY_BYTES));
+    let mut seen = 0_usize;
+    loop {
+        let chunk = match tokio::time::timeout_at(deadline, stream.next()).await {
+            Err(_) => return Err(BodyRefused::TooSlow),
+            Ok(None) => break,
+            Ok(Some(Err(_))) => return Err(BodyRefused::CutOff),
+            Ok(Some(Ok(chunk))) => chunk,
+        };
+        seen += chunk.len();
+        if seen > MAX_DRAIN_BYTES {
+            return Err(BodyRefused::TooLarge);
+        }
+        if seen <= MAX_BODY_BYTES {
+            buffer.extend_from_slice(&chunk);
+        }
+    }
+    if seen > MAX_BODY_BYTES {
+        return Err(BodyRefused::TooLarge);
+    }
+    Ok(buffer)
 }
 
 impl<E: Endpoint> Endpoint for BodyLimitEndpoint<E> {
@@ -349,28 +411,93 @@ impl<E: Endpoint> Endpoint for BodyLimitEndpoint<E> {
         if declared.is_some_and(|n| n > MAX_DRAIN_BYTES) {
             return Ok(too_large());
         }
-        let mut stream = req.take_body().into_bytes_stream();
-        let mut buffer = Vec::with_capacity(declared.unwrap_or(0).min(MAX_BODY_BYTES));
-        let mut seen = 0_usize;
-        while let Some(chunk) = stream.next().await {
-            let Ok(chunk) = chunk else {
-                return Ok(problem_response(&Problem::new(
-                    400,
-                    "the request body was cut off",
-                )));
-            };
-            seen += chunk.len();
-            if seen > MAX_DRAIN_BYTES {
-                return Ok(too_large());
+        match read_body(&mut req, declared, self.1).await {
+            Ok(body) => {
+                req.set_body(Body::from(body));
+                self.0.call(req).await.map(IntoResponse::into_response)
             }
-            if seen <= MAX_BODY_BYTES {
-                buffer.extend_from_slice(&chunk);
+            Err(BodyRefused::TooLarge) => Ok(too_large()),
+            Err(BodyRefused::TooSlow) => {
+                tracing::info!("request body not received within the client read timeout");
+                Ok(closing(408, "the request body was not received in time"))
+            }
+            Err(BodyRefused::CutOff) => Ok(problem_response(&Problem::new(
+                400,
+                "the request body was cut off",
+            ))),
+        }
+    }
+}
+
+/// Answers 401 to `/api/v1` requests without the admin token, from the headers alone.
+pub struct TokenGate(pub SecretString);
+
+impl<E: Endpoint> Middleware<E> for TokenGate {
+    type Output = TokenGateEndpoint<E>;
+    fn transform(&self, ep: E) -> Self::Output {
+        TokenGateEndpoint(ep, self.0.clone())
+    }
+}
+
+/// See [`TokenGate`].
+pub struct TokenGateEndpoint<E>(E, SecretString);
+
+/// Whether `path` is under the authenticated API.
+fn needs_token(path: &str) -> bool {
+    path == "/api/v1" || path.starts_with("/api/v1/")
+}
+
+impl<E: Endpoint> Endpoint for TokenGateEndpoint<E> {
+    type Output = Response;
+
+    async fn call(&self, req: Request) -> Result<Self::Output> {
+        if needs_token(req.uri().path()) {
+            let authorised = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(auth::bearer_token)
+                .is_some_and(|token| auth::token_matches(token, &self.1));
+            if !authorised {
+                // The body stays unread; hyper then closes the connection after this answer
+                // instead of waiting for the rest.
+                let mut response = closing(401, default_detail(401));
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                return Ok(response);
             }
         }
-        if seen > MAX_BODY_BYTES {
-            return Ok(too_large());
+        self.0.call(req).await.map(IntoResponse::into_response)
+    }
+}
+
+/// Answers 431 to requests with more than [`MAX_HEADERS`] header lines or more than
+/// [`MAX_HEADER_BYTES`] of them.
+pub struct HeaderLimits;
+
+impl<E: Endpoint> Middleware<E> for HeaderLimits {
+    type Output = HeaderLimitsEndpoint<E>;
+    fn transform(&self, ep: E) -> Self::Output {
+        HeaderLimitsEndpoint(ep)
+    }
+}
+
+/// See [`HeaderLimits`].
+pub struct HeaderLimitsEndpoint<E>(E);
+
+impl<E: Endpoint> Endpoint for HeaderLimitsEndpoint<E> {
+    type Output = Response;
+
+    async fn call(&self, req: Request) -> Result<Self::Output> {
+        let headers = req.headers();
+        let bytes: usize = headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len())
+            .sum();
+        if headers.len() > MAX_HEADERS || bytes > MAX_HEADER_BYTES {
+            return Ok(closing(431, default_detail(431)));
         }
-        req.set_body(Body::from(buffer));
         self.0.call(req).await.map(IntoResponse::into_response)
     }
 }

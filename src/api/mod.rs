@@ -11,20 +11,22 @@ pub mod health;
 pub mod middleware;
 pub mod paging;
 pub mod problem;
+pub mod server;
 pub mod tenants;
 pub mod text;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use poem::{
-    EndpointExt, Route, Server,
-    endpoint::make_sync,
+    EndpointExt, Route,
+    endpoint::{BoxEndpoint, make_sync},
     http::StatusCode,
-    listener::{Acceptor, Listener, TcpAcceptor, TcpListener},
     middleware::{CatchPanic, SetHeader},
 };
 use poem_openapi::OpenApiService;
 use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::{Config, DatabaseConfig},
@@ -37,20 +39,45 @@ use crate::{
 /// What every handler needs, cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
-    /// PostgreSQL pool.
+    /// PostgreSQL pool of the requests.
     pub pool: PgPool,
+    /// One connection of its own for the readiness probe ([`db::probe_pool`]).
+    pub probe: PgPool,
+    /// The per-tenant share of `pool` ([`db::slots`]).
+    pub slots: Arc<db::slots::TenantSlots>,
+    /// Whether service-desk URLs may name internal hosts (`AI_AGENTS_ALLOW_INTERNAL_URLS`).
+    pub allow_internal_urls: bool,
     /// The job queue.
     pub queue: Queue,
     /// Encrypts tenant secrets.
     pub cipher: Arc<Cipher>,
 }
 
+impl AppState {
+    /// A transaction scoped to `tenant`, within the tenant's share of the pool: one tenant's
+    /// stuck requests cannot take every connection from the others.
+    pub async fn tenant_tx(
+        &self,
+        tenant: &crate::domain::TenantId,
+    ) -> Result<db::scope::TenantTx, problem::ApiError> {
+        let slot = self.slots.acquire(tenant).await.map_err(|busy| {
+            tracing::warn!(tenant_id = %busy.0, "tenant at its share of database connections");
+            problem::ApiError::unavailable(
+                "the database (too many requests of this tenant at once)",
+            )
+        })?;
+        Ok(db::scope::TenantTx::begin_in_slot(&self.pool, tenant, slot).await?)
+    }
+}
+
 /// Why the API could not start. Messages never contain secrets.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    /// The listen address is taken or not ours.
-    #[error("cannot listen on AI_AGENTS_BIND_ADDR ({addr})")]
+    /// A listen address is taken or not ours.
+    #[error("cannot listen on {variable} ({addr})")]
     Bind {
+        /// The variable that names the address.
+        variable: &'static str,
         /// The address.
         addr: SocketAddr,
         /// The OS error.
@@ -73,8 +100,9 @@ pub enum StartupError {
 
 /// A built, bound, not yet serving API.
 pub struct Application {
-    acceptor: TcpAcceptor,
+    listener: TcpListener,
     addr: SocketAddr,
+    metrics_listener: Option<TcpListener>,
     state: AppState,
     admin_token: SecretString,
     config: Config,
@@ -102,7 +130,7 @@ impl Application {
         if config.run_migrations {
             // Its own pool with the full acquire timeout: at start the database may still be
             // coming up, and waiting for it is right there.
-            let pool = db::connect_lazy(&config.database)?;
+            let pool = db::connect_for_migrations(&config.database)?;
             db::migrate(&pool).await?;
             pool.close().await;
             tracing::info!("migrations applied");
@@ -114,6 +142,7 @@ impl Application {
             ..config.database.clone()
         };
         let pool = db::connect_lazy(&request_db)?;
+        let probe = db::probe_pool(&config.database, health::CHECK_LIMIT)?;
         let redis = RedisPool::new(&config.redis).map_err(StartupError::Redis)?;
         let queue = Queue::new(redis, &config.redis.queue_prefix);
         if let Err(e) = queue.ensure_group().await {
@@ -153,24 +182,25 @@ impl Application {
             }
         };
 
-        let acceptor = TcpListener::bind(config.bind_addr)
-            .into_acceptor()
-            .await
-            .map_err(|source| StartupError::Bind {
-                addr: config.bind_addr,
-                source,
-            })?;
-        let addr = acceptor
-            .local_addr()
-            .first()
-            .and_then(|a| a.as_socket_addr().copied())
-            .unwrap_or(config.bind_addr);
+        let listener = bind("AI_AGENTS_BIND_ADDR", config.bind_addr).await?;
+        let addr = listener.local_addr().unwrap_or(config.bind_addr);
+        let metrics_listener = match config.api_metrics_addr {
+            Some(metrics_addr) => Some(bind("AI_AGENTS_API_METRICS_ADDR", metrics_addr).await?),
+            None => None,
+        };
         crate::metrics::install();
         Ok(Self {
-            acceptor,
+            listener,
             addr,
+            metrics_listener,
             state: AppState {
+                slots: Arc::new(db::slots::TenantSlots::for_pool(
+                    request_db.pool_size,
+                    REQUEST_DB_WAIT,
+                )),
                 pool,
+                probe,
+                allow_internal_urls: config.allow_internal_urls,
                 queue,
                 cipher: Arc::new(cipher),
             },
@@ -184,6 +214,13 @@ impl Application {
         self.addr
     }
 
+    /// Where `/metrics` is served when it has a listener of its own.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
     /// The shared state (tests inspect the database and queue through it).
     pub fn state(&self) -> &AppState {
         &self.state
@@ -194,15 +231,85 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> std::io::Result<()> {
-        let app = routes(self.state.clone(), self.admin_token, &self.config);
+        let separate_metrics = self.metrics_listener.is_some();
+        let app = routes(
+            self.state.clone(),
+            self.admin_token,
+            &self.config,
+            !separate_metrics,
+        );
+        let limits = server::ConnectionLimits {
+            read_timeout: self.config.client_read_timeout,
+        };
+        let grace = self.config.shutdown_grace;
+        let stop = CancellationToken::new();
+        let metrics = self.metrics_listener.map(|listener| {
+            let endpoint = Route::new()
+                .at("/metrics", metrics_endpoint(self.state.clone()))
+                .with(middleware::ProblemErrors)
+                .boxed();
+            tracing::info!(addr = ?listener.local_addr().ok(), "serving /metrics on its own port");
+            let stop = stop.clone();
+            tokio::spawn(server::serve(
+                listener,
+                endpoint,
+                limits,
+                async move { stop.cancelled().await },
+                grace,
+            ))
+        });
         tracing::info!(addr = %self.addr, environment = self.config.environment.as_str(), "listening");
-        Server::new_with_acceptor(self.acceptor)
-            .idle_timeout(Duration::from_secs(75))
-            .run_with_graceful_shutdown(app, shutdown, Some(self.config.shutdown_grace))
-            .await?;
+        let stopping = {
+            let stop = stop.clone();
+            async move {
+                shutdown.await;
+                stop.cancel();
+            }
+        };
+        let served = server::serve(self.listener, app, limits, stopping, grace).await;
+        stop.cancel();
+        if let Some(metrics) = metrics {
+            let _ = metrics.await;
+        }
+        served?;
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Binds a listener for the address named by `variable`.
+async fn bind(variable: &'static str, addr: SocketAddr) -> Result<TcpListener, StartupError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartupError::Bind {
+            variable,
+            addr,
+            source,
+        })
+}
+
+/// `GET /metrics`: the process's metrics, with the gauges of external state (pool, queue
+/// depth, job outcomes across workers) read now, each read bounded.
+pub fn metrics_endpoint(state: AppState) -> impl poem::Endpoint<Output = poem::Response> {
+    poem::get(poem::endpoint::make(move |_| {
+        let state = state.clone();
+        async move {
+            crate::metrics::set_pool(&state.pool);
+            if let Ok(Ok(stats)) =
+                tokio::time::timeout(health::CHECK_LIMIT, state.queue.stats()).await
+            {
+                crate::metrics::set_queue_depth(&stats);
+            }
+            if let Ok(Ok(counts)) =
+                tokio::time::timeout(health::CHECK_LIMIT, state.queue.outcomes()).await
+            {
+                crate::metrics::set_job_outcomes(&counts);
+            }
+            poem::Response::builder()
+                .content_type("text/plain; version=0.0.4")
+                .body(crate::metrics::render())
+        }
+    }))
 }
 
 /// The OpenAPI service of every documented operation.
@@ -288,12 +395,14 @@ pub fn openapi_document(raw: &str) -> String {
     serde_json::to_string(&doc).unwrap_or_else(|_| raw.to_owned())
 }
 
-/// The whole HTTP surface with its middleware.
+/// The whole HTTP surface with its middleware; `/metrics` only when `with_metrics` (else it
+/// has a listener of its own, see [`Application::run_until_stopped`]).
 pub fn routes(
     state: AppState,
     admin_token: SecretString,
     config: &Config,
-) -> poem::endpoint::BoxEndpoint<'static> {
+    with_metrics: bool,
+) -> BoxEndpoint<'static> {
     let api = openapi(&state);
     let docs = api.swagger_ui();
     let spec_text = Arc::new(openapi_document(&api.spec()));
@@ -305,45 +414,28 @@ pub fn routes(
                 .body(text.as_str().to_owned())
         }
     });
-    let metrics_state = state.clone();
-    let metrics = poem::endpoint::make(move |_| {
-        let state = metrics_state.clone();
-        async move {
-            crate::metrics::set_pool(&state.pool);
-            if let Ok(stats) = tokio::time::timeout(health::CHECK_LIMIT, state.queue.stats())
-                .await
-                .unwrap_or_else(|_| {
-                    Err(crate::queue::QueueError::Redis(
-                        crate::queue::redis_pool::timeout_error(),
-                    ))
-                })
-            {
-                crate::metrics::set_queue_depth(&stats);
-            }
-            if let Ok(Ok(counts)) =
-                tokio::time::timeout(health::CHECK_LIMIT, state.queue.outcomes()).await
-            {
-                crate::metrics::set_job_outcomes(&counts);
-            }
-            poem::Response::builder()
-                .content_type("text/plain; version=0.0.4")
-                .body(crate::metrics::render())
-        }
-    });
     let security_headers = SetHeader::new()
         .overriding("x-content-type-options", "nosniff")
         .overriding("x-frame-options", "DENY")
         .overriding("referrer-policy", "no-referrer");
-    let shed = Route::new()
+    let mut shed = Route::new()
         .nest("/docs", docs)
         .at("/openapi.json", spec)
-        .at("/metrics", metrics)
-        .at("/favicon.ico", make_sync(|_| StatusCode::NO_CONTENT))
+        .at("/favicon.ico", make_sync(|_| StatusCode::NO_CONTENT));
+    if with_metrics {
+        shed = shed.at("/metrics", metrics_endpoint(state.clone()));
+    }
+    // Outermost last: the token before the body, the body before a concurrency slot, the
+    // deadline around the handler alone (see `middleware`).
+    let shed = shed
         .nest("/", api)
-        .data(auth::AdminToken(admin_token))
-        .with(middleware::BodyLimit)
-        .with(middleware::ConcurrencyLimit::new(MAX_CONCURRENT_REQUESTS))
+        .data(auth::AdminToken(admin_token.clone()))
         .with(middleware::Deadline(config.request_timeout))
+        .with(middleware::ConcurrencyLimit::new(MAX_CONCURRENT_REQUESTS))
+        .with(middleware::BodyLimit {
+            read_timeout: config.client_read_timeout,
+        })
+        .with(middleware::TokenGate(admin_token))
         .with(CatchPanic::new().with_handler(|_| {
             middleware::problem_response(&problem::Problem::new(
                 500,
@@ -356,6 +448,7 @@ pub fn routes(
     Route::new()
         .at("/health", health::liveness_endpoint())
         .nest("/", shed)
+        .with(middleware::HeaderLimits)
         .with(middleware::ProblemErrors)
         .with(security_headers)
         .with(middleware::RequestContext)

@@ -6,7 +6,7 @@
 
 use poem_openapi::{ApiResponse, Object, payload::Json};
 
-use crate::{domain::InvalidValue, queue::QueueError};
+use crate::{db::Failure, domain::InvalidValue, queue::QueueError};
 
 /// Seconds a client should wait before retrying after a 503.
 pub const RETRY_AFTER_SECS: u32 = 2;
@@ -111,34 +111,40 @@ impl From<InvalidValue> for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        if let sqlx::Error::Database(db) = &e
-            && db.code().is_some_and(|c| c.starts_with("22"))
-        {
-            // A data exception: the client's value cannot be stored (caught here as a safety
-            // net; the edge validation should have refused it already).
-            tracing::warn!(
-                error = &e as &dyn std::error::Error,
-                "value refused by the database"
-            );
-            return Self::bad_request("a value cannot be stored");
-        }
-        if let sqlx::Error::Database(db) = &e
-            && matches!(db.code().as_deref(), Some("42P01" | "42703"))
-        {
-            // Undefined table or column: the schema is not migrated (yet). Transient from the
-            // client's side: the migration job is usually about to run.
-            tracing::error!(
-                error = &e as &dyn std::error::Error,
-                "database schema is not migrated"
-            );
-            return Self::unavailable("the database schema");
-        }
-        if is_unavailable(&e) {
-            tracing::warn!(error = &e as &dyn std::error::Error, "database unavailable");
-            Self::unavailable("the database")
-        } else {
-            tracing::error!(error = &e as &dyn std::error::Error, "database error");
-            Self::internal()
+        let error = &e as &dyn std::error::Error;
+        match crate::db::classify(&e) {
+            // The client's value cannot be stored (a safety net: the edge validation should
+            // have refused it already).
+            Failure::BadData => {
+                tracing::warn!(error, "value refused by the database");
+                Self::bad_request("a value cannot be stored")
+            }
+            // Transient from the client's side: the migration job is usually about to run.
+            Failure::SchemaMissing => {
+                tracing::error!(error, "database schema is not migrated");
+                Self::unavailable("the database schema")
+            }
+            Failure::Contended => {
+                tracing::warn!(
+                    error,
+                    "gave up waiting for a lock held by another transaction"
+                );
+                Self::conflict(
+                    "the resource is being changed by another request; retry in a moment",
+                )
+            }
+            Failure::TimedOut => {
+                tracing::warn!(error, "database statement timed out");
+                Self::unavailable("the database (it did not answer in time)")
+            }
+            Failure::Unavailable => {
+                tracing::warn!(error, "database unavailable");
+                Self::unavailable("the database")
+            }
+            Failure::Other => {
+                tracing::error!(error, "database error");
+                Self::internal()
+            }
         }
     }
 }
@@ -147,19 +153,6 @@ impl From<QueueError> for ApiError {
     fn from(e: QueueError) -> Self {
         tracing::warn!(error = &e as &dyn std::error::Error, "queue unavailable");
         Self::unavailable("the job queue")
-    }
-}
-
-/// Whether a database error means "not reachable right now" rather than a bug.
-pub fn is_unavailable(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
-        sqlx::Error::Tls(_) | sqlx::Error::WorkerCrashed | sqlx::Error::Protocol(_) => true,
-        // Class 08 (connection exception), 57P0x (shutdown, cannot connect now), 53 (resources).
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c.starts_with("53")),
-        _ => false,
     }
 }
 

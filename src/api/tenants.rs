@@ -19,10 +19,10 @@ use super::{
 };
 use crate::{
     db::{
-        scope::{CrossTenantTx, TenantTx},
+        scope::CrossTenantTx,
         tenants::{self, NewTenant, TenantChanges, TenantRow, UNIQUE_TENANT_ID},
     },
-    domain::{ServiceDeskUrl, TenantId, TenantName, storable_json},
+    domain::{HostPolicy, ServiceDeskUrl, TenantId, TenantName, storable_json},
     secret::SecretString,
 };
 
@@ -151,6 +151,14 @@ fn path_tenant(raw: &str) -> Result<TenantId, ApiError> {
 }
 
 impl TenantsApi {
+    fn host_policy(&self) -> HostPolicy {
+        if self.state.allow_internal_urls {
+            HostPolicy::AllowInternal
+        } else {
+            HostPolicy::PublicOnly
+        }
+    }
+
     fn encrypt(&self, value: impl Into<String>) -> Result<String, ApiError> {
         self.state
             .cipher
@@ -171,12 +179,12 @@ impl TenantsApi {
         let body = body.0;
         let tenant = TenantId::parse(body.tenant_id.as_ref())?;
         let name = TenantName::parse(body.name.as_ref())?;
-        let url = ServiceDeskUrl::parse(body.servicedesk_url.as_ref())?;
+        let url = ServiceDeskUrl::parse(body.servicedesk_url.as_ref(), self.host_policy())?;
         let api_key = self.encrypt(body.servicedesk_api_key.into_inner())?;
         let webhook = self.encrypt(body.webhook_signing_secret.into_inner())?;
         let preferences = Value::Object(body.enhancement_preferences.into_iter().collect());
         storable_json("enhancement_preferences", &preferences)?;
-        let mut tx = TenantTx::begin(&self.state.pool, &tenant).await?;
+        let mut tx = self.state.tenant_tx(&tenant).await?;
         let new = NewTenant {
             name: name.as_str(),
             servicedesk_url: url.as_str(),
@@ -241,7 +249,7 @@ impl TenantsApi {
         tenant_id: Path<String>,
     ) -> Result<Json<Tenant>, ApiError> {
         let tenant = path_tenant(&tenant_id.0)?;
-        let mut tx = TenantTx::begin(&self.state.pool, &tenant).await?;
+        let mut tx = self.state.tenant_tx(&tenant).await?;
         let row = tenants::get(&mut tx)
             .await?
             .ok_or_else(|| not_found(&tenant_id.0))?;
@@ -267,7 +275,7 @@ impl TenantsApi {
         let url = body
             .servicedesk_url
             .as_deref()
-            .map(ServiceDeskUrl::parse)
+            .map(|raw| ServiceDeskUrl::parse(raw, self.host_policy()))
             .transpose()?;
         let api_key = body
             .servicedesk_api_key
@@ -290,7 +298,7 @@ impl TenantsApi {
             webhook_signing_secret_encrypted: webhook.as_deref(),
             enhancement_preferences: preferences.as_ref(),
         };
-        let mut tx = TenantTx::begin(&self.state.pool, &tenant).await?;
+        let mut tx = self.state.tenant_tx(&tenant).await?;
         let row = tenants::update(&mut tx, &changes)
             .await?
             .ok_or_else(|| not_found(&tenant_id.0))?;
@@ -307,7 +315,7 @@ impl TenantsApi {
     )]
     async fn delete(&self, _auth: AdminAuth, tenant_id: Path<String>) -> Result<Deleted, ApiError> {
         let tenant = path_tenant(&tenant_id.0)?;
-        let mut tx = TenantTx::begin(&self.state.pool, &tenant).await?;
+        let mut tx = self.state.tenant_tx(&tenant).await?;
         if !tenants::delete(&mut tx).await? {
             return Err(not_found(&tenant_id.0));
         }

@@ -107,7 +107,7 @@ impl ParseFromJSON for Text {
 
 /// A [`Text`] that must match a fixed pattern, documented in the schema.
 macro_rules! pattern_text {
-    ($(#[$doc:meta])* $name:ident, $pattern:literal, $expected:literal) => {
+    ($(#[$doc:meta])* $name:ident, $pattern:expr, $expected:literal) => {
         string_type!(
             $(#[$doc])*
             $name,
@@ -139,7 +139,7 @@ macro_rules! pattern_text {
 pattern_text!(
     /// An identifier: lowercase letters, digits, `_` and `-`, starting with a letter or digit.
     Slug,
-    r"^[a-z0-9][a-z0-9_-]*$",
+    crate::domain::TENANT_ID_PATTERN,
     "an id of lowercase letters, digits, `_` and `-`, starting with a letter or digit"
 );
 
@@ -153,7 +153,7 @@ pattern_text!(
 pattern_text!(
     /// An absolute http(s) URL.
     HttpUrl,
-    r"^https?://[A-Za-z0-9._~%-]+(:[0-9]{1,5})?(/\S*)?$",
+    crate::domain::SERVICEDESK_URL_PATTERN,
     "an http:// or https:// URL"
 );
 
@@ -174,5 +174,7 @@ mod tests {
         assert!(Line::parse_from_json(Some(json!("a\u{85}b"))).is_err());
         assert!(HttpUrl::parse_from_json(Some(json!("https://desk.example:8443/x"))).is_ok());
         assert!(HttpUrl::parse_from_json(Some(json!("ftp://desk.example"))).is_err());
+        assert!(HttpUrl::parse_from_json(Some(json!("http://[2001:db8::1]:8080/x"))).is_ok());
+        assert!(HttpUrl::parse_from_json(Some(json!("http://%31%32%37.0.0.1/"))).is_err());
     }
 }

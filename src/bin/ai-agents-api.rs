@@ -66,6 +66,8 @@ fn run(command: Command) -> ExitCode {
         }
     };
     ai_agents::install_tls_provider();
+    // Before the runtime's threads exist, so all of them see the raised limit.
+    let open_files = matches!(command, Command::Serve).then(ai_agents::os::raise_open_files_limit);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -87,6 +89,16 @@ fn run(command: Command) -> ExitCode {
             };
         }
         telemetry::init("api", &config);
+        match open_files {
+            Some(Ok(limits)) => tracing::info!(
+                soft_before = limits.before,
+                soft = limits.soft,
+                hard = limits.hard,
+                "open-files limit"
+            ),
+            Some(Err(e)) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
+            None => {}
+        }
         let result = match command {
             Command::Serve => serve(config).await,
             Command::Migrate => migrate(&config, false).await,
@@ -112,7 +124,7 @@ async fn serve(config: Config) -> Result<(), BoxError> {
 }
 
 async fn migrate(config: &Config, revert: bool) -> Result<(), BoxError> {
-    let pool = db::connect_lazy(&config.database)?;
+    let pool = db::connect_for_migrations(&config.database)?;
     if revert {
         match db::revert_last(&pool).await? {
             Some(version) => tracing::info!(version, "migration reverted"),

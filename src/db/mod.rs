@@ -6,8 +6,12 @@
 //! and [`enhancements`] only accept those transactions.
 
 pub mod enhancements;
+pub mod errors;
 pub mod scope;
+pub mod slots;
 pub mod tenants;
+
+pub use errors::{Failure, classify, is_transient};
 
 use std::{str::FromStr, time::Duration};
 
@@ -33,20 +37,64 @@ pub enum DbSetupError {
     Migrate(#[from] MigrateError),
 }
 
-/// Builds the pool without connecting; connections open on first use.
-pub fn connect_lazy(config: &DatabaseConfig) -> Result<PgPool, DbSetupError> {
-    let options = PgConnectOptions::from_str(config.url.expose())
+/// Connection options of every session: from the URL, named, statements logged only at debug.
+fn base_options(config: &DatabaseConfig) -> Result<PgConnectOptions, DbSetupError> {
+    Ok(PgConnectOptions::from_str(config.url.expose())
         .map_err(|_| DbSetupError::BadUrl)?
         .application_name("ai-agents")
         // Statement logging at INFO would flood the logs and can echo tenant data.
         .log_statements(tracing::log::LevelFilter::Debug)
-        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
+        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1)))
+}
+
+/// Options of an application session: [`base_options`] with the session limits as startup
+/// parameters (they survive `RESET ALL`, unlike a `SET` after connecting).
+fn app_options(config: &DatabaseConfig) -> Result<PgConnectOptions, DbSetupError> {
+    let limits = config.session_limits;
+    let ms = |d: Duration| format!("{}ms", d.as_millis());
+    Ok(base_options(config)?.options([
+        ("statement_timeout", ms(limits.statement_timeout)),
+        ("lock_timeout", ms(limits.lock_timeout)),
+        (
+            "idle_in_transaction_session_timeout",
+            ms(limits.idle_in_transaction_timeout),
+        ),
+    ]))
+}
+
+/// Builds the application pool without connecting; connections open on first use, each with
+/// the session limits of `config`.
+pub fn connect_lazy(config: &DatabaseConfig) -> Result<PgPool, DbSetupError> {
     Ok(PgPoolOptions::new()
         .max_connections(config.pool_size)
         .min_connections(config.min_connections)
         .acquire_timeout(config.connect_timeout)
         .idle_timeout(Some(Duration::from_secs(600)))
-        .connect_lazy_with(options))
+        .connect_lazy_with(app_options(config)?))
+}
+
+/// A pool for applying or reverting migrations: without the statement and lock bounds, which
+/// a long schema change may rightly exceed.
+pub fn connect_for_migrations(config: &DatabaseConfig) -> Result<PgPool, DbSetupError> {
+    Ok(PgPoolOptions::new()
+        .max_connections(2)
+        .min_connections(0)
+        .acquire_timeout(config.connect_timeout)
+        .connect_lazy_with(base_options(config)?))
+}
+
+/// A pool of one connection for the readiness probe, separate from the request pool.
+///
+/// A probe that queued behind request traffic would call a saturated pool an outage and take
+/// every replica out of service at once, the moment load is highest. This one waits for no
+/// one: it answers "disconnected" only when the database cannot be reached within `limit`.
+pub fn probe_pool(config: &DatabaseConfig, limit: Duration) -> Result<PgPool, DbSetupError> {
+    Ok(PgPoolOptions::new()
+        .max_connections(1)
+        .min_connections(0)
+        .acquire_timeout(limit)
+        .idle_timeout(Some(Duration::from_secs(600)))
+        .connect_lazy_with(app_options(config)?))
 }
 
 /// Applies every pending migration.

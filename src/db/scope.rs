@@ -7,12 +7,15 @@
 
 use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, Transaction};
 
+use super::slots::TenantSlot;
 use crate::domain::TenantId;
 
 /// A transaction in which row-level security admits exactly one tenant's rows.
 pub struct TenantTx {
     tx: Transaction<'static, Postgres>,
     tenant: TenantId,
+    /// The tenant's slot ([`super::slots`]), held for the life of the transaction.
+    _slot: Option<TenantSlot>,
 }
 
 impl TenantTx {
@@ -24,6 +27,18 @@ impl TenantTx {
     /// `[a-z0-9_-]`, and `sql_literal` escapes it all the same.
     pub async fn begin(pool: &PgPool, tenant: &TenantId) -> Result<Self, sqlx::Error> {
         Self::begin_as(pool, tenant, "").await
+    }
+
+    /// Begins a transaction scoped to `tenant` on a connection taken under `slot`, which the
+    /// transaction keeps until it ends (the API's per-tenant bulkhead).
+    pub async fn begin_in_slot(
+        pool: &PgPool,
+        tenant: &TenantId,
+        slot: TenantSlot,
+    ) -> Result<Self, sqlx::Error> {
+        let mut tx = Self::begin_as(pool, tenant, "").await?;
+        tx._slot = Some(slot);
+        Ok(tx)
     }
 
     /// Begins a tenant-scoped transaction whose commit does not wait for the WAL to reach
@@ -50,6 +65,7 @@ impl TenantTx {
         Ok(Self {
             tx,
             tenant: tenant.clone(),
+            _slot: None,
         })
     }
 

@@ -22,7 +22,7 @@ pub mod redis_pool;
 
 use std::collections::HashMap;
 
-use redis::{AsyncCommands, RedisError, Value};
+use redis::{RedisError, Value};
 use serde::Serialize;
 
 pub use consumer::{Consumer, Delivery};
@@ -134,47 +134,32 @@ impl Queue {
 
     /// Appends a job; returns its stream entry id.
     pub async fn enqueue(&self, job: &Job) -> Result<String, QueueError> {
-        let mut conn = self.redis.get();
-        let payload = job.encode();
-        let id: String = bounded(self.redis.timeout(), async {
-            redis::cmd("XADD")
-                .arg(&self.keys.jobs)
-                .arg("*")
-                .arg("job")
-                .arg(&payload)
-                .query_async(&mut conn)
-                .await
-        })
-        .await?;
-        Ok(id)
+        let mut xadd = redis::cmd("XADD");
+        xadd.arg(&self.keys.jobs)
+            .arg("*")
+            .arg("job")
+            .arg(job.encode());
+        Ok(self.redis.query(&xadd).await?)
     }
 
     /// Removes a stream entry that no worker took yet (a ping nobody answered).
     pub async fn withdraw(&self, entry_id: &str) -> Result<(), QueueError> {
-        let mut conn = self.redis.get();
-        let _: i64 = bounded(
-            self.redis.timeout(),
-            conn.xdel(&self.keys.jobs, &[entry_id]),
-        )
-        .await?;
+        let mut xdel = redis::cmd("XDEL");
+        xdel.arg(&self.keys.jobs).arg(entry_id);
+        let _: i64 = self.redis.query(&xdel).await?;
         Ok(())
     }
 
     /// Creates the stream and the consumer group if they do not exist yet.
     pub async fn ensure_group(&self) -> Result<(), QueueError> {
-        let mut conn = self.redis.get();
-        let created: Result<Value, RedisError> = bounded(self.redis.timeout(), async {
-            redis::cmd("XGROUP")
-                .arg("CREATE")
-                .arg(&self.keys.jobs)
-                .arg(GROUP)
-                .arg("0")
-                .arg("MKSTREAM")
-                .query_async(&mut conn)
-                .await
-        })
-        .await;
-        match created {
+        let mut create = redis::cmd("XGROUP");
+        create
+            .arg("CREATE")
+            .arg(&self.keys.jobs)
+            .arg(GROUP)
+            .arg("0")
+            .arg("MKSTREAM");
+        match self.redis.query::<Value>(&create).await {
             Ok(_) => Ok(()),
             Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
             Err(e) => Err(e.into()),
@@ -185,7 +170,7 @@ impl Queue {
     pub async fn stats(&self) -> Result<QueueStats, QueueError> {
         match self.read_stats().await {
             // The stream exists but no worker created the group yet.
-            Err(QueueError::Redis(e)) if e.to_string().contains("NOGROUP") => {
+            Err(QueueError::Redis(e)) if e.code() == Some("NOGROUP") => {
                 self.ensure_group().await?;
                 self.read_stats().await
             }
@@ -194,24 +179,19 @@ impl Queue {
     }
 
     async fn read_stats(&self) -> Result<QueueStats, QueueError> {
-        let mut conn = self.redis.get();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("XLEN")
+            .arg(&self.keys.jobs)
+            .cmd("XPENDING")
+            .arg(&self.keys.jobs)
+            .arg(GROUP)
+            .cmd("ZCARD")
+            .arg(&self.keys.retry)
+            .cmd("LLEN")
+            .arg(&self.keys.dead);
         let (len, pending, retrying, dead): (u64, Value, u64, u64) =
-            bounded(self.redis.timeout(), async {
-                redis::pipe()
-                    .atomic()
-                    .cmd("XLEN")
-                    .arg(&self.keys.jobs)
-                    .cmd("XPENDING")
-                    .arg(&self.keys.jobs)
-                    .arg(GROUP)
-                    .cmd("ZCARD")
-                    .arg(&self.keys.retry)
-                    .cmd("LLEN")
-                    .arg(&self.keys.dead)
-                    .query_async(&mut conn)
-                    .await
-            })
-            .await?;
+            self.redis.query_pipe(&pipe).await?;
         let in_flight = match pending {
             Value::Array(items) => match items.first() {
                 Some(Value::Int(n)) => u64::try_from(*n).unwrap_or(0),
@@ -229,18 +209,14 @@ impl Queue {
 
     /// The oldest `count` jobs still waiting or in flight (for operators).
     pub async fn peek(&self, count: usize) -> Result<Vec<Job>, QueueError> {
-        let mut conn = self.redis.get();
-        let entries: Vec<StreamEntry> = bounded(self.redis.timeout(), async {
-            redis::cmd("XRANGE")
-                .arg(&self.keys.jobs)
-                .arg("-")
-                .arg("+")
-                .arg("COUNT")
-                .arg(count)
-                .query_async(&mut conn)
-                .await
-        })
-        .await?;
+        let mut xrange = redis::cmd("XRANGE");
+        xrange
+            .arg(&self.keys.jobs)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(count);
+        let entries: Vec<StreamEntry> = self.redis.query(&xrange).await?;
         Ok(entries
             .into_iter()
             .filter_map(|(_, fields)| {
@@ -252,20 +228,16 @@ impl Queue {
 
     /// Attempts finished by outcome (`completed`, `retried`, `dead`) across every worker.
     pub async fn outcomes(&self) -> Result<HashMap<String, u64>, QueueError> {
-        let mut conn = self.redis.get();
-        let counts: HashMap<String, u64> =
-            bounded(self.redis.timeout(), conn.hgetall(&self.keys.outcomes)).await?;
-        Ok(counts)
+        let mut hgetall = redis::cmd("HGETALL");
+        hgetall.arg(&self.keys.outcomes);
+        Ok(self.redis.query(&hgetall).await?)
     }
 
     /// The newest `count` dead letters.
     pub async fn dead_letters(&self, count: isize) -> Result<Vec<DeadLetter>, QueueError> {
-        let mut conn = self.redis.get();
-        let raw: Vec<String> = bounded(
-            self.redis.timeout(),
-            conn.lrange(&self.keys.dead, 0, count - 1),
-        )
-        .await?;
+        let mut lrange = redis::cmd("LRANGE");
+        lrange.arg(&self.keys.dead).arg(0).arg(count - 1);
+        let raw: Vec<String> = self.redis.query(&lrange).await?;
         Ok(raw
             .iter()
             .filter_map(|r| serde_json::from_str(r).ok())
@@ -273,13 +245,4 @@ impl Queue {
     }
 }
 
-/// Runs a Redis future under a deadline, turning the deadline into a Redis I/O error.
-pub(crate) async fn bounded<T>(
-    limit: std::time::Duration,
-    future: impl Future<Output = Result<T, RedisError>>,
-) -> Result<T, RedisError> {
-    match tokio::time::timeout(limit, future).await {
-        Ok(result) => result,
-        Err(_) => Err(redis_pool::timeout_error()),
-    }
-}
+pub(crate) use redis_pool::bounded;

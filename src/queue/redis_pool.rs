@@ -5,6 +5,16 @@
 //! while Redis is down) and reconnect by themselves. Every command is bounded by the pool
 //! timeout, so a dead Redis makes callers fail fast instead of hanging. Blocking commands
 //! (`XREADGROUP BLOCK`, `BLPOP`) must not use these connections: see [`RedisPool::dedicated`].
+//!
+//! A `ConnectionManager` notices that its connection died (Redis restarted, a proxy dropped
+//! it) only when a command fails on it, and it returns that failure to the caller while it
+//! reconnects: after a restart, the first command on each pooled connection would fail. The
+//! command methods here ([`RedisPool::query`], [`RedisPool::query_pipe`],
+//! [`RedisPool::invoke`]) therefore send a command that failed on a dropped connection once
+//! more, on the reconnected one. Only a dropped connection is retried — never a timeout,
+//! whose command may still run — and every command sent this way must be safe to run twice:
+//! the queue's writes are (an enqueued job may arrive twice: delivery is at-least-once, and the
+//! worker fences duplicates), and its state changes are Lua scripts that check before acting.
 
 use std::{
     sync::{
@@ -15,7 +25,8 @@ use std::{
 };
 
 use redis::{
-    AsyncConnectionConfig, Client, ErrorKind, RedisError,
+    AsyncConnectionConfig, Client, Cmd, ErrorKind, FromRedisValue, Pipeline, RedisError,
+    ScriptInvocation,
     aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection},
 };
 
@@ -88,11 +99,67 @@ impl RedisPool {
 
     /// Whether Redis answers `PING` within `limit`.
     pub async fn ping(&self, limit: Duration) -> bool {
-        let mut conn = self.get();
+        let ping = redis::cmd("PING");
         matches!(
-            tokio::time::timeout(limit, redis::cmd("PING").query_async::<String>(&mut conn)).await,
+            tokio::time::timeout(limit, self.query::<String>(&ping)).await,
             Ok(Ok(_))
         )
+    }
+
+    /// Sends `cmd` on a shared connection, bounded by the pool timeout, once more if the
+    /// connection had dropped (see the module doc).
+    pub async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, RedisError> {
+        self.retrying_once(|mut conn| async move { cmd.query_async(&mut conn).await })
+            .await
+    }
+
+    /// Like [`RedisPool::query`] for a pipeline (or a `MULTI`/`EXEC` transaction).
+    pub async fn query_pipe<T: FromRedisValue>(&self, pipe: &Pipeline) -> Result<T, RedisError> {
+        self.retrying_once(|mut conn| async move { pipe.query_async(&mut conn).await })
+            .await
+    }
+
+    /// Like [`RedisPool::query`] for a Lua script (`EVALSHA`, loading it when Redis lost it).
+    pub async fn invoke<T: FromRedisValue>(
+        &self,
+        script: &ScriptInvocation<'_>,
+    ) -> Result<T, RedisError> {
+        self.retrying_once(|mut conn| async move { script.invoke_async(&mut conn).await })
+            .await
+    }
+
+    async fn retrying_once<T, F, Fut>(&self, send: F) -> Result<T, RedisError>
+    where
+        F: Fn(ConnectionManager) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        let conn = self.get();
+        match bounded(self.timeout, send(conn.clone())).await {
+            Err(e) if connection_dropped(&e) => {
+                tracing::debug!(error = %e, "Redis connection dropped; sending again on a new one");
+                bounded(self.timeout, send(conn)).await
+            }
+            other => other,
+        }
+    }
+}
+
+/// A connection that was open and is gone (not a refusal, not a timeout): the manager has
+/// started reconnecting, and the next command waits for the new connection.
+fn connection_dropped(e: &RedisError) -> bool {
+    (e.is_connection_dropped() || e.is_unrecoverable_error())
+        && !e.is_connection_refusal()
+        && !e.is_timeout()
+}
+
+/// Runs a Redis future under a deadline, turning the deadline into a Redis I/O error.
+pub async fn bounded<T>(
+    limit: Duration,
+    future: impl Future<Output = Result<T, RedisError>>,
+) -> Result<T, RedisError> {
+    match tokio::time::timeout(limit, future).await {
+        Ok(result) => result,
+        Err(_) => Err(timeout_error()),
     }
 }
 

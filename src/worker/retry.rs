@@ -24,27 +24,10 @@ pub enum JobError {
 
 impl From<sqlx::Error> for JobError {
     fn from(e: sqlx::Error) -> Self {
-        let transient = match &e {
-            // Connection trouble (08), rollbacks such as serialization failures and deadlocks
-            // (40), resource exhaustion (53) and shutdowns (57).
-            sqlx::Error::Database(db) => db.code().is_some_and(|c| {
-                c.starts_with("08")
-                    || c.starts_with("40")
-                    || c.starts_with("53")
-                    || c.starts_with("57")
-            }),
-            // The database is not reachable right now.
-            sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::Protocol(_)
-            | sqlx::Error::WorkerCrashed => true,
-            // Decoding and similar errors are bugs or bad data: another try fails the same way.
-            _ => false,
-        };
+        // Decoding errors, constraint violations and similar are bugs or bad data: another
+        // try fails the same way. Everything the shared classifier calls transient is retried.
         let message = format!("database error: {e}");
-        if transient {
+        if crate::db::is_transient(&e) {
             Self::Transient(message)
         } else {
             Self::Permanent(message)

@@ -388,3 +388,161 @@ where
     }
     false
 }
+
+/// A redis-server of the test's own, with AOF, in a temporary directory: for tests that
+/// restart, freeze or stop Redis without disturbing the shared one.
+pub struct OwnRedis {
+    port: u16,
+    dir: std::path::PathBuf,
+    child: Option<tokio::process::Child>,
+}
+
+impl OwnRedis {
+    /// Starts it on a free port and waits until it answers.
+    pub async fn start() -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("ai-agents-redis-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("redis dir");
+        let mut redis = Self {
+            port: closed_port(),
+            dir,
+            child: None,
+        };
+        redis.launch().await;
+        redis
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn launch(&mut self) {
+        let child = tokio::process::Command::new("redis-server")
+            .arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(["--appendonly", "yes", "--appendfsync", "everysec"])
+            .args(["--save", ""])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server starts (is it on PATH?)");
+        self.child = Some(child);
+        let url = self.url();
+        let up = eventually(Duration::from_secs(10), || {
+            let url = url.clone();
+            async move {
+                let Ok(client) = redis::Client::open(url) else {
+                    return false;
+                };
+                let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+                    return false;
+                };
+                redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .is_ok_and(|p| p == "PONG")
+            }
+        })
+        .await;
+        assert!(up, "own redis-server did not come up");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(tokio::process::Child::id)
+            .expect("running");
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{signal}");
+    }
+
+    /// SIGSTOP: the server keeps its connections but answers nothing (a frozen Redis).
+    pub fn freeze(&self) {
+        self.signal("STOP");
+    }
+
+    /// SIGCONT after [`OwnRedis::freeze`]: it executes whatever was sent meanwhile.
+    pub fn thaw(&self) {
+        self.signal("CONT");
+    }
+
+    /// SIGTERM (a graceful shutdown that flushes the AOF), then the same port and directory.
+    pub async fn restart(&mut self) {
+        self.signal("TERM");
+        let mut child = self.child.take().expect("running");
+        tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .expect("redis-server stops")
+            .expect("wait");
+        self.launch().await;
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.start_kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The real `ai-agents-api` binary, serving on a free port of 127.0.0.1.
+pub struct ApiProcess {
+    /// Base URL, e.g. `http://127.0.0.1:12345`.
+    pub base: String,
+    /// Its `host:port`.
+    pub addr: SocketAddr,
+    child: tokio::process::Child,
+}
+
+impl ApiProcess {
+    /// Starts it with `vars` (a bind address on a free port is added) and waits until
+    /// `/health` answers.
+    pub async fn start(mut vars: HashMap<String, String>) -> Self {
+        let port = closed_port();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        vars.insert("AI_AGENTS_BIND_ADDR".into(), addr.to_string());
+        let child = command(env!("CARGO_BIN_EXE_ai-agents-api"), &vars)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("ai-agents-api starts");
+        let base = format!("http://{addr}");
+        let health = format!("{base}/health");
+        let client = reqwest::Client::new();
+        let up = eventually(Duration::from_secs(20), || {
+            let request = client.get(&health).send();
+            async move { request.await.is_ok_and(|r| r.status() == 200) }
+        })
+        .await;
+        assert!(up, "ai-agents-api did not answer /health");
+        Self { base, addr, child }
+    }
+
+    /// `base` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+}
+
+impl Drop for ApiProcess {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}

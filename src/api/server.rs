@@ -1,0 +1,167 @@
+//! The API's connection loop: accepts TCP connections and serves each with hyper, handing
+//! every request to the poem endpoint built in [`super::routes`].
+//!
+//! Why our own loop and not `poem::Server`: poem 3.1.12 builds hyper's connection without a
+//! timer, so hyper's HTTP/1 header-read timeout is silently off, and it offers no setter for the
+//! header limits. A client could then hold a connection for ever by trickling a header line now
+//! and then (`../shared/HARDENING-FACTS.md` §1). Here each connection gets:
+//!
+//! * a bound on the protocol sniff (the first bytes that tell HTTP/1 from HTTP/2), and hyper's
+//!   `header_read_timeout` with a real timer, both `AI_AGENTS_CLIENT_READ_TIMEOUT_SECS`. The
+//!   head timer also runs while a kept-alive connection waits for its next request, so it is
+//!   the idle timeout too. The body has its own deadline in [`super::middleware::BodyLimit`];
+//! * header limits above the ones the API enforces itself ([`super::middleware::HeaderLimits`]),
+//!   so that too many or too large headers get a problem+json 431 from our middleware instead
+//!   of hyper's empty one; only heads beyond [`MAX_HEAD_BYTES`] still get hyper's bare answer;
+//! * graceful shutdown: on the signal the loop stops accepting, every connection finishes the
+//!   request it is serving and closes, and whatever is left after the grace period is dropped.
+//!
+//! Accept errors such as `EMFILE` (out of file descriptors) pause the loop briefly instead of
+//! spinning or ending it; the binary raises its open-files limit at start (`crate::os`).
+//!
+//! What would retire this module: poem's `serve_connection` (`poem/src/server.rs`) calling
+//! `.http1().timer(TokioTimer::new()).header_read_timeout(..)` on its builder and exposing
+//! `max_headers`/`max_buf_size`, as hyper-util's builder does.
+
+use std::{convert::Infallible, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto, graceful::GracefulShutdown},
+};
+use poem::{Addr, Endpoint, endpoint::BoxEndpoint, web::LocalAddr, web::RemoteAddr};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Largest request head (request line and headers) hyper buffers before answering 431 itself.
+/// Heads up to this size reach the API, which answers 431 as problem+json above its own limits.
+pub const MAX_HEAD_BYTES: usize = 1024 * 1024;
+/// Most header lines hyper parses; the API's own limit ([`super::middleware::MAX_HEADERS`]) is
+/// lower, so a request with too many headers gets a problem+json answer.
+const MAX_PARSED_HEADERS: usize = 512;
+/// The first bytes of every HTTP/2 connection (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Time limits of one connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Time to send a complete request head (and, on a kept-alive connection, to start the
+    /// next one).
+    pub read_timeout: Duration,
+}
+
+/// Serves `endpoint` on `listener` until `shutdown` resolves; then lets every connection
+/// finish its current request within `grace` and returns.
+pub async fn serve(
+    listener: TcpListener,
+    endpoint: BoxEndpoint<'static>,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) -> std::io::Result<()> {
+    let local = listener.local_addr()?;
+    let endpoint = Arc::new(endpoint);
+    let builder = Arc::new(connection_builder(limits));
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot accept a connection; pausing");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let watcher = graceful.watcher();
+        let builder = Arc::clone(&builder);
+        let endpoint = Arc::clone(&endpoint);
+        tokio::spawn(async move {
+            if !protocol_known_in_time(&stream, limits.read_timeout).await {
+                return;
+            }
+            let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
+                let endpoint = Arc::clone(&endpoint);
+                async move {
+                    let request = poem::Request::from((
+                        request,
+                        LocalAddr(Addr::SocketAddr(local)),
+                        RemoteAddr(Addr::SocketAddr(remote)),
+                        http::uri::Scheme::HTTP,
+                    ));
+                    let response = endpoint.get_response(request).await;
+                    Ok::<_, Infallible>(http::Response::<BoxBody<Bytes, std::io::Error>>::from(
+                        response,
+                    ))
+                }
+            });
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(connection).await {
+                tracing::debug!(remote = %remote, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!(
+        connections = graceful.count(),
+        "stopped accepting; finishing open requests"
+    );
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("grace period over; closing the remaining connections");
+    }
+    Ok(())
+}
+
+/// hyper's connection settings: timers and limits as described in the module doc.
+fn connection_builder(limits: ConnectionLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.read_timeout)
+        .keep_alive(true)
+        .max_headers(MAX_PARSED_HEADERS)
+        .max_buf_size(MAX_HEAD_BYTES);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(limits.read_timeout)
+        .keep_alive_timeout(limits.read_timeout)
+        .max_pending_accept_reset_streams(20)
+        .max_header_list_size(
+            u32::try_from(super::middleware::MAX_HEADER_BYTES * 2).unwrap_or(u32::MAX),
+        );
+    builder
+}
+
+/// Waits until the connection's first bytes say which protocol it speaks, at most `limit`.
+///
+/// hyper-util's sniff has no timer of its own: a client that connects and sends nothing (or
+/// half of the HTTP/2 preface) would otherwise hold the connection for ever. HTTP/1 is known
+/// from the first byte that differs from the preface, which for every method is the first or
+/// second one. False when the client sent nothing usable in time or went away.
+async fn protocol_known_in_time(stream: &TcpStream, limit: Duration) -> bool {
+    let sniff = async {
+        let mut buffer = [0_u8; H2_PREFACE.len()];
+        loop {
+            match stream.peek(&mut buffer).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) if n == H2_PREFACE.len() || buffer[..n] != H2_PREFACE[..n] => return true,
+                // A prefix of the HTTP/2 preface: wait for more (peek would return at once).
+                Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    };
+    tokio::time::timeout(limit, sniff).await.unwrap_or(false)
+}

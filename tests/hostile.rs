@@ -1,0 +1,504 @@
+//! The API under hostile clients and stuck dependencies (contract section 9), against the real
+//! `ai-agents-api` binary, PostgreSQL and Redis, on 127.0.0.1 with bounded loads. Each test
+//! prints the figure the contract promises something about.
+
+mod common;
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use common::{ApiProcess, OwnRedis, TEST_TOKEN, TestDb, queue_prefix, redis_url, test_vars};
+use serde_json::{Value, json};
+use sqlx::{Connection, Executor, PgConnection};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+/// Variables of an API on a fresh database, with `extra` on top.
+async fn api_vars(extra: &[(&str, &str)]) -> (TestDb, HashMap<String, String>) {
+    let db = TestDb::new().await;
+    let mut vars = test_vars(&db.app_url, &redis_url(), &queue_prefix());
+    for (k, v) in extra {
+        vars.insert((*k).to_owned(), (*v).to_owned());
+    }
+    (db, vars)
+}
+
+fn authorised(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+) -> reqwest::RequestBuilder {
+    client.request(method, url).bearer_auth(TEST_TOKEN)
+}
+
+async fn create_tenant(api: &ApiProcess, client: &reqwest::Client, tenant: &str) {
+    let response = authorised(client, reqwest::Method::POST, api.url("/api/v1/tenants"))
+        .json(&json!({
+            "tenant_id": tenant,
+            "name": format!("Tenant {tenant}"),
+            "servicedesk_url": "https://desk.example.com",
+            "servicedesk_api_key": "k",
+            "webhook_signing_secret": "w",
+        }))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 201, "{:?}", response.text().await);
+}
+
+/// Reads what the server sends until it closes the connection or `limit` passes; the bytes
+/// read, and when the connection was closed (`None`: still open at the limit).
+async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (Vec<u8>, Option<Duration>) {
+    let started = Instant::now();
+    let mut received = Vec::new();
+    let mut buffer = [0_u8; 4096];
+    loop {
+        let left = limit.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, stream.read(&mut buffer)).await {
+            Err(_) => return (received, None),
+            Ok(Ok(0) | Err(_)) => return (received, Some(started.elapsed())),
+            Ok(Ok(n)) => received.extend_from_slice(&buffer[..n]),
+        }
+    }
+}
+
+/// An authorised `GET /api/v1/queue/stats`: status and latency.
+async fn timed_stats(api: &ApiProcess) -> (u16, Duration) {
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let response = authorised(
+        &client,
+        reqwest::Method::GET,
+        api.url("/api/v1/queue/stats"),
+    )
+    .send()
+    .await
+    .expect("request");
+    (response.status().as_u16(), started.elapsed())
+}
+
+/// Opens `n` connections that send the head of a POST with a 10-byte body, and never the body.
+async fn slow_bodies(addr: SocketAddr, n: usize, token: Option<&str>) -> Vec<TcpStream> {
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let head = format!(
+        "POST /api/v1/enhancements HTTP/1.1\r\nHost: test\r\n{auth}Content-Type: application/json\r\nContent-Length: 10\r\n\r\n"
+    );
+    let mut streams = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(head.as_bytes()).await.expect("send head");
+        streams.push(stream);
+    }
+    streams
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_slow_bodies_do_not_delay_an_authorised_request() {
+    const CLIENTS: usize = 1_100;
+    // Both ends of 2,200 connections live on this machine: make room for them here too.
+    let _ = ai_agents::os::raise_open_files_limit();
+    let (_db, vars) = api_vars(&[]).await;
+    let api = ApiProcess::start(vars).await;
+
+    // Without a token: each is answered 401 from its headers, its body never awaited.
+    let mut anonymous = slow_bodies(api.addr, CLIENTS, None).await;
+    for stream in anonymous.iter_mut().take(20) {
+        let (answer, closed) = read_until_closed(stream, Duration::from_secs(5)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+        assert!(answer.contains("application/problem+json"), "{answer}");
+        assert!(closed.is_some(), "the connection is closed after the 401");
+    }
+    let (status, latency) = timed_stats(&api).await;
+    println!(
+        "{CLIENTS} slow-body clients without a token open: authorised GET /api/v1/queue/stats {status} in {:.1} ms",
+        latency.as_secs_f64() * 1000.0
+    );
+    assert_eq!(status, 200);
+    assert!(latency < Duration::from_secs(2), "{latency:?}");
+
+    // With the token: they wait for their bodies, but hold no concurrency slot meanwhile.
+    let _authorised = slow_bodies(api.addr, CLIENTS, Some(TEST_TOKEN)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, latency) = timed_stats(&api).await;
+    println!(
+        "{CLIENTS} slow-body clients with the token open: authorised GET /api/v1/queue/stats {status} in {:.1} ms",
+        latency.as_secs_f64() * 1000.0
+    );
+    assert_eq!(
+        status, 200,
+        "a waiting body must not hold a concurrency slot"
+    );
+    assert!(latency < Duration::from_secs(2), "{latency:?}");
+}
+
+/// Sends `first`, then `each` every 300 ms until the server closes the connection or `limit`
+/// passes; the answer and when the connection was closed.
+async fn trickle(
+    addr: SocketAddr,
+    first: &str,
+    each: &'static str,
+    limit: Duration,
+) -> (String, Option<Duration>) {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut reader, mut writer) = stream.into_split();
+    writer.write_all(first.as_bytes()).await.expect("send");
+    let writing = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if each.is_empty() || writer.write_all(each.as_bytes()).await.is_err() {
+                if each.is_empty() {
+                    // Keep the write half open, sending nothing.
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                }
+                return;
+            }
+        }
+    });
+    let started = Instant::now();
+    let mut received = Vec::new();
+    let mut buffer = [0_u8; 4096];
+    let closed = loop {
+        let left = limit.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, reader.read(&mut buffer)).await {
+            Err(_) => break None,
+            Ok(Ok(0) | Err(_)) => break Some(started.elapsed()),
+            Ok(Ok(n)) => received.extend_from_slice(&buffer[..n]),
+        }
+    };
+    writing.abort();
+    (String::from_utf8_lossy(&received).into_owned(), closed)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn trickling_clients_are_cut_off_after_the_read_timeout() {
+    let (_db, vars) = api_vars(&[("AI_AGENTS_CLIENT_READ_TIMEOUT_SECS", "2")]).await;
+    let api = ApiProcess::start(vars).await;
+    let limit = Duration::from_secs(8);
+    let body_head = format!(
+        "POST /api/v1/enhancements HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TEST_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
+    );
+    let (headers, body, silent, preface) = tokio::join!(
+        trickle(
+            api.addr,
+            "GET /health HTTP/1.1\r\n",
+            "X-Trickle: 1\r\n",
+            limit
+        ),
+        trickle(api.addr, &body_head, " ", limit),
+        trickle(api.addr, "", "", limit),
+        trickle(api.addr, "PRI * HTTP/2.0\r\n", "", limit),
+    );
+    for (what, (answer, closed)) in [
+        ("a header line every 300 ms", &headers),
+        ("a body byte every 300 ms, with the token", &body),
+        ("nothing at all", &silent),
+        ("half an HTTP/2 preface", &preface),
+    ] {
+        println!(
+            "read timeout 2 s, client sending {what}: connection closed after {}",
+            closed.map_or("(still open)".to_owned(), |d| format!(
+                "{:.1} s",
+                d.as_secs_f64()
+            ))
+        );
+        let closed = closed.unwrap_or_else(|| panic!("{what}: still connected after {limit:?}"));
+        assert!(
+            closed >= Duration::from_millis(1500),
+            "{what}: closed early ({closed:?})"
+        );
+        assert!(!answer.starts_with("HTTP/1.1 2"), "{what}: {answer}");
+    }
+    // Where an answer can still be written, it is a problem+json 408.
+    assert!(body.0.starts_with("HTTP/1.1 408"), "{}", body.0);
+    assert!(body.0.contains("application/problem+json"), "{}", body.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_locked_row_holds_up_only_its_own_tenant() {
+    let (db, vars) = api_vars(&[("AI_AGENTS_DATABASE_POOL_SIZE", "10")]).await;
+    let api = ApiProcess::start(vars).await;
+    let client = reqwest::Client::new();
+    create_tenant(&api, &client, "a").await;
+    create_tenant(&api, &client, "b").await;
+
+    // Another session locks tenant a's row and keeps its transaction open.
+    let mut locker = PgConnection::connect(&db.app_url).await.expect("connect");
+    locker.execute("BEGIN").await.expect("begin");
+    locker
+        .execute("SELECT set_config('app.current_tenant_id', 'a', true)")
+        .await
+        .expect("scope");
+    locker
+        .execute("SELECT 1 FROM tenant_configs WHERE tenant_id = 'a' FOR UPDATE")
+        .await
+        .expect("lock");
+
+    let patches: Vec<_> = (0..40)
+        .map(|i| {
+            let request = authorised(
+                &client,
+                reqwest::Method::PATCH,
+                api.url("/api/v1/tenants/a"),
+            )
+            .json(&json!({"name": format!("rename {i}")}));
+            tokio::spawn(async move {
+                let response = request.send().await.expect("request");
+                let status = response.status().as_u16();
+                let content_type = response
+                    .headers()
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                (status, content_type)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let started = Instant::now();
+    let other = authorised(&client, reqwest::Method::GET, api.url("/api/v1/tenants/b"))
+        .send()
+        .await
+        .expect("request");
+    let other_latency = started.elapsed();
+    let ready = client
+        .get(api.url("/health/ready"))
+        .send()
+        .await
+        .expect("request");
+    let ready_status = ready.status().as_u16();
+    let ready_body: Value = ready.json().await.expect("json");
+    println!(
+        "tenant a's row locked, 40 PATCHes of a waiting: GET /api/v1/tenants/b {} in {:.1} ms; /health/ready {ready_status} {ready_body}",
+        other.status(),
+        other_latency.as_secs_f64() * 1000.0
+    );
+    assert_eq!(other.status(), 200);
+    assert!(
+        other_latency < Duration::from_millis(1500),
+        "{other_latency:?}"
+    );
+    assert_eq!(
+        ready_status, 200,
+        "a busy pool is not an outage: {ready_body}"
+    );
+
+    let mut counts: HashMap<u16, usize> = HashMap::new();
+    for patch in patches {
+        let (status, content_type) = patch.await.expect("task");
+        assert!(
+            matches!(status, 409 | 503),
+            "a PATCH stuck behind the lock gives up with 409 or 503, not {status}"
+        );
+        assert!(content_type.starts_with("application/problem+json"));
+        *counts.entry(status).or_default() += 1;
+    }
+    println!("the 40 PATCHes of tenant a: {counts:?}");
+
+    locker.execute("ROLLBACK").await.expect("release");
+    let after = authorised(
+        &client,
+        reqwest::Method::PATCH,
+        api.url("/api/v1/tenants/a"),
+    )
+    .json(&json!({"name": "renamed"}))
+    .send()
+    .await
+    .expect("request");
+    assert_eq!(after.status(), 200, "served again once the lock is gone");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_first_requests_after_a_redis_restart_succeed() {
+    let mut redis = OwnRedis::start().await;
+    let db = TestDb::new().await;
+    let mut vars = test_vars(&db.app_url, &redis.url(), &queue_prefix());
+    vars.insert("AI_AGENTS_REDIS_MAX_CONNECTIONS".into(), "10".into());
+    let api = ApiProcess::start(vars).await;
+    let client = reqwest::Client::new();
+    create_tenant(&api, &client, "acme").await;
+    let post = || {
+        authorised(
+            &client,
+            reqwest::Method::POST,
+            api.url("/api/v1/enhancements"),
+        )
+        .json(&json!({"tenant_id": "acme", "ticket_id": "INC-1"}))
+        .send()
+    };
+    // Every pooled connection used at least once.
+    for _ in 0..20 {
+        assert_eq!(post().await.expect("request").status(), 202);
+    }
+
+    redis.restart().await;
+    let mut failed = 0;
+    for _ in 0..20 {
+        if post().await.expect("request").status() != 202 {
+            failed += 1;
+        }
+    }
+    let ready = client
+        .get(api.url("/health/ready"))
+        .send()
+        .await
+        .expect("request");
+    println!(
+        "after a Redis restart: {failed} of 20 POSTs failed; /health/ready {}",
+        ready.status()
+    );
+    assert_eq!(
+        failed, 0,
+        "stale pooled connections were handed to requests"
+    );
+    assert_eq!(ready.status(), 200);
+}
+
+#[tokio::test]
+async fn internal_servicedesk_urls_are_refused_unless_allowed() {
+    const INTERNAL: &[&str] = &[
+        "http://169.254.169.254/latest/meta-data/",
+        "http://127.0.0.1:6379/",
+        "http://2130706433/",
+        "http://0x7f000001/",
+        "http://10.0.0.5/",
+        "http://redis:6379/",
+        "http://postgres/",
+        "http://localhost:8080/",
+        "http://[::1]/",
+        "http://[fd12::1]/",
+        "http://100.64.1.1/",
+        "http://metadata.google.internal/",
+        "http://desk.local/",
+        "http://0.0.0.0/",
+    ];
+    let (db, vars) = api_vars(&[]).await;
+    let api = ApiProcess::start(vars.clone()).await;
+    let client = reqwest::Client::new();
+    let create = |api: &ApiProcess, tenant: String, url: &str| {
+        authorised(&client, reqwest::Method::POST, api.url("/api/v1/tenants"))
+            .json(&json!({
+                "tenant_id": tenant,
+                "name": "Internal",
+                "servicedesk_url": url,
+                "servicedesk_api_key": "k",
+                "webhook_signing_secret": "w",
+            }))
+            .send()
+    };
+    for (i, url) in INTERNAL.iter().enumerate() {
+        let response = create(&api, format!("t{i}"), url).await.expect("request");
+        let body = common::assert_problem(response, 400).await;
+        println!("{url}: 400 {}", body["detail"]);
+    }
+    // PATCH follows the same rule.
+    create_tenant(&api, &client, "public").await;
+    let patch = authorised(
+        &client,
+        reqwest::Method::PATCH,
+        api.url("/api/v1/tenants/public"),
+    )
+    .json(&json!({"servicedesk_url": "http://127.0.0.1/"}))
+    .send()
+    .await
+    .expect("request");
+    common::assert_problem(patch, 400).await;
+    drop(api);
+
+    let mut allowed = vars;
+    allowed.insert("AI_AGENTS_ALLOW_INTERNAL_URLS".into(), "true".into());
+    let api = ApiProcess::start(allowed).await;
+    for (i, url) in INTERNAL.iter().enumerate() {
+        let response = create(&api, format!("t{i}"), url).await.expect("request");
+        assert_eq!(
+            response.status(),
+            201,
+            "{url} with AI_AGENTS_ALLOW_INTERNAL_URLS=true"
+        );
+    }
+    drop(db);
+}
+
+#[tokio::test]
+async fn oversized_heads_get_problem_answers() {
+    let (_db, vars) = api_vars(&[]).await;
+    let api = ApiProcess::start(vars).await;
+    let client = reqwest::Client::new();
+
+    let mut many = reqwest::header::HeaderMap::new();
+    for i in 0..200 {
+        many.insert(
+            reqwest::header::HeaderName::from_bytes(format!("x-h{i}").as_bytes()).expect("name"),
+            reqwest::header::HeaderValue::from_static("v"),
+        );
+    }
+    let response = client
+        .get(api.url("/health"))
+        .headers(many)
+        .send()
+        .await
+        .expect("request");
+    let body = common::assert_problem(response, 431).await;
+    println!("200 headers: 431 {}", body["detail"]);
+
+    let response = client
+        .get(api.url("/health"))
+        .header("x-big", "a".repeat(500 * 1024))
+        .send()
+        .await
+        .expect("request");
+    let body = common::assert_problem(response, 431).await;
+    println!("one 500 KB header: 431 {}", body["detail"]);
+
+    // A request line hyper cannot parse never reaches the API: hyper answers 400 itself, with
+    // an empty body, and closes the connection (docs/api.md says so).
+    let mut stream = TcpStream::connect(api.addr).await.expect("connect");
+    stream
+        .write_all(b"HELLO THERE\r\n\r\n")
+        .await
+        .expect("send");
+    let (answer, closed) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    println!(
+        "garbage request line: {}",
+        answer.lines().next().unwrap_or_default()
+    );
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(closed.is_some());
+}
+
+#[tokio::test]
+async fn metrics_can_have_a_port_of_their_own() {
+    let metrics_port = common::closed_port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let (_db, vars) = api_vars(&[("AI_AGENTS_API_METRICS_ADDR", &metrics_addr)]).await;
+    let api = ApiProcess::start(vars).await;
+    let client = reqwest::Client::new();
+    let on_api = client
+        .get(api.url("/metrics"))
+        .send()
+        .await
+        .expect("request");
+    common::assert_problem(on_api, 404).await;
+    let own = client
+        .get(format!("http://{metrics_addr}/metrics"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(own.status(), 200);
+    let text = own.text().await.expect("text");
+    assert!(text.contains("ai_agents_build_info"), "{text}");
+    let other = client
+        .get(format!("http://{metrics_addr}/api/v1/tenants"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(other.status(), 404, "the metrics port serves nothing else");
+}
