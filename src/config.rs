@@ -139,6 +139,12 @@ struct RawConfig {
     task_soft_time_limit_secs: u64,
     #[envconfig(from = "AI_AGENTS_TASK_TIME_LIMIT_SECS", default = "120")]
     task_time_limit_secs: u64,
+    #[envconfig(from = "AI_AGENTS_WORKER_ORPHAN_AFTER_SECS", default = "60")]
+    worker_orphan_after_secs: u64,
+    #[envconfig(from = "AI_AGENTS_DEAD_LETTER_MAX", default = "10000")]
+    dead_letter_max: u64,
+    #[envconfig(from = "AI_AGENTS_DEAD_LETTER_RETENTION_DAYS", default = "14")]
+    dead_letter_retention_days: u64,
     #[envconfig(from = "AI_AGENTS_SHUTDOWN_GRACE_SECS", default = "25")]
     shutdown_grace_secs: u64,
     #[envconfig(from = "AI_AGENTS_QUEUE_PREFIX", default = "ai-agents")]
@@ -241,6 +247,11 @@ pub struct WorkerConfig {
     pub time_limit: Duration,
     /// Where the worker serves `/metrics`, when set.
     pub metrics_addr: Option<SocketAddr>,
+    /// A `pending` row untouched this long before the oldest queued job is presumed to have
+    /// lost its job, and is queued again.
+    pub orphan_after: Duration,
+    /// How much of the dead-letter stream is kept.
+    pub dead_letters: crate::queue::dead::Retention,
 }
 
 /// Everything the binaries need, validated.
@@ -426,6 +437,15 @@ impl Config {
             raw.task_soft_time_limit_secs,
         )?;
         positive("AI_AGENTS_TASK_TIME_LIMIT_SECS", raw.task_time_limit_secs)?;
+        positive(
+            "AI_AGENTS_WORKER_ORPHAN_AFTER_SECS",
+            raw.worker_orphan_after_secs,
+        )?;
+        positive("AI_AGENTS_DEAD_LETTER_MAX", raw.dead_letter_max)?;
+        positive(
+            "AI_AGENTS_DEAD_LETTER_RETENTION_DAYS",
+            raw.dead_letter_retention_days,
+        )?;
         positive("AI_AGENTS_REQUEST_TIMEOUT_SECS", raw.request_timeout_secs)?;
         positive(
             "AI_AGENTS_CLIENT_READ_TIMEOUT_SECS",
@@ -533,6 +553,13 @@ impl Config {
                 soft_time_limit: Duration::from_secs(raw.task_soft_time_limit_secs),
                 time_limit: Duration::from_secs(raw.task_time_limit_secs),
                 metrics_addr,
+                orphan_after: Duration::from_secs(raw.worker_orphan_after_secs),
+                dead_letters: crate::queue::dead::Retention {
+                    max_count: raw.dead_letter_max,
+                    max_age: Duration::from_secs(
+                        raw.dead_letter_retention_days.saturating_mul(86_400),
+                    ),
+                },
             },
             shutdown_grace: Duration::from_secs(raw.shutdown_grace_secs),
             request_timeout: Duration::from_secs(raw.request_timeout_secs),

@@ -21,7 +21,7 @@ pub struct InvalidValue {
 }
 
 /// A tenant's public identifier: 1–100 chars of `[a-z0-9][a-z0-9_-]*`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct TenantId(String);
 

@@ -20,6 +20,17 @@ use crate::queue::QueueStats;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// The outcomes of settled deliveries, as counted in Redis (`queue::Settlement::outcome`, and
+/// `reclaimed` for jobs of dead or silent workers put back).
+const JOB_OUTCOMES: [&str; 6] = [
+    "completed",
+    "retried",
+    "dead",
+    "dropped",
+    "duplicate",
+    "reclaimed",
+];
+
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0,
 ];
@@ -41,7 +52,7 @@ pub fn install() -> &'static PrometheusHandle {
             "revision" => option_env!("AI_AGENTS_GIT_REVISION").unwrap_or("unknown"),
         )
         .set(1.0);
-        for outcome in ["completed", "retried", "dead"] {
+        for outcome in JOB_OUTCOMES {
             metrics::counter!("ai_agents_job_outcomes_total", "outcome" => outcome).absolute(0);
         }
         handle
@@ -167,7 +178,7 @@ pub fn set_queue_depth(stats: &QueueStats) {
 
 /// Sets the cluster-wide job outcome counters (read from Redis at scrape time).
 pub fn set_job_outcomes(counts: &std::collections::HashMap<String, u64>) {
-    for outcome in ["completed", "retried", "dead"] {
+    for outcome in JOB_OUTCOMES {
         let value = counts.get(outcome).copied().unwrap_or(0);
         metrics::counter!("ai_agents_job_outcomes_total", "outcome" => outcome).absolute(value);
     }

@@ -80,6 +80,26 @@ async fn configuration_errors_name_the_variable_and_hide_the_value() {
 }
 
 #[tokio::test]
+async fn a_reclaim_time_not_above_the_hard_limit_stops_the_worker() {
+    let mut vars = test_vars(
+        "postgres://u:p@127.0.0.1:1/x",
+        &redis_url(),
+        &queue_prefix(),
+    );
+    vars.insert("AI_AGENTS_WORKER_RECLAIM_AFTER_SECS".into(), "3".into());
+    vars.insert("AI_AGENTS_TASK_TIME_LIMIT_SECS".into(), "30".into());
+    vars.insert("AI_AGENTS_TASK_SOFT_TIME_LIMIT_SECS".into(), "20".into());
+    let (code, _, stderr) = run(WORKER, &[], &vars).await;
+    assert_eq!(code, 78, "{stderr}");
+    assert!(
+        stderr.contains("AI_AGENTS_WORKER_RECLAIM_AFTER_SECS")
+            && stderr.contains("AI_AGENTS_TASK_TIME_LIMIT_SECS"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+}
+
+#[tokio::test]
 async fn unknown_arguments_are_refused() {
     let (code, _, stderr) = run(API, &["serve", "--now"], &HashMap::new()).await;
     assert_eq!(code, 2);
@@ -102,6 +122,16 @@ async fn migrate_and_revert_subcommands() {
     .await
     .unwrap();
     assert_eq!(tables, 2);
+    // Each revert takes back the newest migration: first the job claims, then the schema.
+    let (code, _, stderr) = run(API, &["migrate", "revert"], &vars).await;
+    assert_eq!(code, 0, "{stderr}");
+    let claims: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.columns WHERE table_name = 'enhancement_history' AND column_name = 'claim'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(claims, 0);
     let (code, _, stderr) = run(API, &["migrate", "revert"], &vars).await;
     assert_eq!(code, 0, "{stderr}");
     let tables: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename = 'tenant_configs'")

@@ -53,9 +53,19 @@ async fn migrations_up_down_up_leave_the_same_schema() {
     }
     drop(conn);
 
-    // Reverting through the real subcommand code path.
-    let version = ai_agents::db::revert_last(&pool).await.unwrap();
-    assert!(version.is_some());
+    // Reverting through the real subcommand code path, newest first, until nothing is left.
+    let versions: std::collections::BTreeSet<i64> = migrator.iter().map(|m| m.version).collect();
+    let mut reverted = Vec::new();
+    while let Some(version) = ai_agents::db::revert_last(&pool).await.unwrap() {
+        assert!(!reverted.contains(&version), "reverted {version} twice");
+        reverted.push(version);
+    }
+    reverted.reverse();
+    assert_eq!(
+        reverted,
+        versions.into_iter().collect::<Vec<_>>(),
+        "every migration reverted once, newest first"
+    );
     let mut conn = pool.acquire().await.unwrap();
     assert!(
         schema(&mut conn).await.is_empty(),
@@ -79,11 +89,15 @@ async fn migration_sql_is_safe_to_rerun_by_hand() {
     let db = TestDb::new().await;
     let mut conn = PgConnection::connect(&db.owner_url).await.unwrap();
     let before = schema(&mut conn).await;
-    let up = include_str!("../migrations/20261125000001_initial_schema.up.sql");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(up))
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    for up in [
+        include_str!("../migrations/20261125000001_initial_schema.up.sql"),
+        include_str!("../migrations/20261130000001_job_claims.up.sql"),
+    ] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(up))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
     assert_eq!(schema(&mut conn).await, before);
 }
 
@@ -247,9 +261,102 @@ async fn tenant_scope_helper_sees_only_its_tenant() {
         enhancements::get(&mut tx, id).await.unwrap().is_none(),
         "B cannot read A's row by id"
     );
+    let claim = enhancements::ClaimRequest {
+        id,
+        claim: "1-0",
+        takeover_from: None,
+    };
     assert_eq!(
-        enhancements::start_processing(&mut tx, id).await.unwrap(),
-        enhancements::StartOutcome::Missing
+        enhancements::claim(&mut tx, &[claim]).await.unwrap(),
+        vec![enhancements::ClaimOutcome::Missing],
+        "B cannot claim A's row"
+    );
+    tx.commit().await.unwrap();
+}
+
+/// Fencing: once a second delivery took a row over (the first presumed dead), the first can
+/// neither complete nor fail it; the second can.
+#[tokio::test]
+async fn a_stale_claim_cannot_record_an_outcome() {
+    use ai_agents::{
+        db::{
+            enhancements::{self, ClaimOutcome, ClaimRequest, Completion},
+            scope::TenantTx,
+        },
+        domain::{TenantId, TicketId},
+    };
+    let db = TestDb::new().await;
+    let mut owner = PgConnection::connect(&db.owner_url).await.unwrap();
+    insert_tenant(&mut owner, "tenant-a").await.unwrap();
+    let pool = db.app_pool().await;
+    let a = TenantId::parse("tenant-a").unwrap();
+    let id = uuid::Uuid::now_v7();
+    let mut tx = TenantTx::begin(&pool, &a).await.unwrap();
+    enhancements::insert(
+        &mut tx,
+        id,
+        &TicketId::parse("T-1").unwrap(),
+        &serde_json::json!({}),
+    )
+    .await
+    .unwrap();
+    let claim = |claim, takeover_from| ClaimRequest {
+        id,
+        claim,
+        takeover_from,
+    };
+    assert_eq!(
+        enhancements::claim(&mut tx, &[claim("1-0", None)])
+            .await
+            .unwrap(),
+        vec![ClaimOutcome::Claimed]
+    );
+    // A second delivery finds the row held; told the first is dead, it takes it over.
+    assert_eq!(
+        enhancements::claim(&mut tx, &[claim("2-0", None)])
+            .await
+            .unwrap(),
+        vec![ClaimOutcome::HeldBy("1-0".to_owned())]
+    );
+    assert_eq!(
+        enhancements::claim(&mut tx, &[claim("2-0", Some("1-0"))])
+            .await
+            .unwrap(),
+        vec![ClaimOutcome::Claimed]
+    );
+    let gathered = serde_json::json!({});
+    let completion = |claim| Completion {
+        id,
+        claim,
+        processing_time_ms: 1,
+        context_gathered: &gathered,
+        llm_output: None,
+    };
+    assert_eq!(
+        enhancements::complete(&mut tx, &[completion("1-0")])
+            .await
+            .unwrap(),
+        vec![false],
+        "the stale claim completed the row"
+    );
+    assert!(
+        !enhancements::fail(&mut tx, id, "1-0", "stale")
+            .await
+            .unwrap(),
+        "the stale claim failed the row"
+    );
+    assert_eq!(
+        enhancements::complete(&mut tx, &[completion("2-0")])
+            .await
+            .unwrap(),
+        vec![true]
+    );
+    assert_eq!(
+        enhancements::claim(&mut tx, &[claim("3-0", Some("2-0"))])
+            .await
+            .unwrap(),
+        vec![ClaimOutcome::Finished],
+        "a finished row is never claimed again"
     );
     tx.commit().await.unwrap();
 }

@@ -502,3 +502,78 @@ async fn metrics_can_have_a_port_of_their_own() {
         .expect("request");
     assert_eq!(other.status(), 404, "the metrics port serves nothing else");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_enqueue_lost_in_a_frozen_redis_leaves_no_dead_letter() {
+    let redis = OwnRedis::start().await;
+    let db = TestDb::new().await;
+    let prefix = queue_prefix();
+    let mut vars = test_vars(&db.app_url, &redis.url(), &prefix);
+    vars.insert("AI_AGENTS_REDIS_POOL_TIMEOUT_SECS".into(), "1".into());
+    let api = ApiProcess::start(vars.clone()).await;
+    let client = reqwest::Client::new();
+    create_tenant(&api, &client, "acme").await;
+
+    // Frozen: the XADDs are buffered, the API gives up after the pool timeout.
+    redis.freeze();
+    let mut statuses = Vec::new();
+    for i in 0..3 {
+        let response = authorised(
+            &client,
+            reqwest::Method::POST,
+            api.url("/api/v1/enhancements"),
+        )
+        .json(&json!({"tenant_id": "acme", "ticket_id": format!("INC-{i}")}))
+        .send()
+        .await
+        .expect("request");
+        statuses.push(response.status().as_u16());
+    }
+    redis.thaw();
+    assert_eq!(statuses, vec![503, 503, 503]);
+
+    // The buffered jobs land now, without their rows: a worker drops them.
+    let mut worker_vars = vars;
+    worker_vars.insert("AI_AGENTS_TASK_TIME_LIMIT_SECS".into(), "10".into());
+    worker_vars.insert("AI_AGENTS_TASK_SOFT_TIME_LIMIT_SECS".into(), "8".into());
+    worker_vars.insert("AI_AGENTS_WORKER_RECLAIM_AFTER_SECS".into(), "12".into());
+    let _worker = common::command(env!("CARGO_BIN_EXE_ai-agents-worker"), &worker_vars)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("worker starts");
+    let queue = ai_agents::queue::Queue::new(
+        ai_agents::queue::RedisPool::new(
+            &ai_agents::config::Config::from_map(
+                &test_vars(&db.app_url, &redis.url(), &prefix),
+                ai_agents::config::Requirements::Worker,
+            )
+            .expect("config")
+            .redis,
+        )
+        .expect("pool"),
+        &prefix,
+    );
+    let settled = common::eventually(Duration::from_secs(15), || async {
+        queue
+            .outcomes()
+            .await
+            .is_ok_and(|o| o.get("dropped").copied().unwrap_or(0) == 3)
+    })
+    .await;
+    let stats = queue.stats().await.expect("stats");
+    let outcomes = queue.outcomes().await.expect("outcomes");
+    println!(
+        "Redis frozen during 3 POSTs: answers {statuses:?}; after the thaw: {stats:?}, outcomes {outcomes:?}"
+    );
+    assert!(settled, "{outcomes:?}");
+    assert_eq!(
+        stats.dead, 0,
+        "a job without a row must not be dead-lettered"
+    );
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM enhancement_history")
+        .fetch_one(&db.owner_pool().await)
+        .await
+        .expect("count");
+    assert_eq!(rows, 0, "no row without a job: every answer was a 503");
+}

@@ -1,8 +1,12 @@
 //! Repository of `enhancement_history`.
 //!
-//! The worker's state changes are guarded by the current status in the `WHERE` clause, so a
-//! redelivered job can never move a finished enhancement again: that is what makes the effect
-//! exactly-once although delivery is at-least-once.
+//! The worker's state changes are guarded by the current status and claim in the `WHERE`
+//! clause: a redelivered job can never move a finished enhancement again, and only the delivery
+//! that holds a row's claim can record its outcome. That is what makes the effect exactly-once
+//! although delivery is at-least-once. The worker's statements take a batch of rows each
+//! (arrays bound with `unnest`), so a batch costs one round trip, not one per job.
+
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -155,69 +159,212 @@ async fn select_page(
     .await
 }
 
-/// What [`start_processing`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StartOutcome {
-    /// The row is now `processing`; go ahead.
-    Started,
-    /// The row is already `completed` or `failed`: a redelivery, nothing to do.
-    AlreadyFinished,
-    /// No such row (deleted with its tenant, or never stored).
+/// One delivery's request to claim its row (see [`claim`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimRequest<'a> {
+    /// The row.
+    pub id: Uuid,
+    /// The delivery's claim: its stream entry id.
+    pub claim: &'a str,
+    /// A claim known to be dead (its delivery is no longer in flight), which this one may
+    /// replace on a `processing` row.
+    pub takeover_from: Option<&'a str>,
+}
+
+/// What [`claim`] found for one delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    /// The row is now `processing` under this delivery's claim: run the job.
+    Claimed,
+    /// The row is `completed` or `failed`: a redelivery, nothing to do.
+    Finished,
+    /// No such row (deleted with its tenant, or its insert was undone): drop the job.
     Missing,
+    /// Another delivery holds the row (its claim given): run nothing unless that delivery is
+    /// dead, then claim again with it as `takeover_from`.
+    HeldBy(String),
 }
 
-/// Moves a `pending` (or re-delivered `processing`) row to `processing`.
-pub async fn start_processing(tx: &mut TenantTx, id: Uuid) -> Result<StartOutcome, sqlx::Error> {
-    let status = sqlx::query_scalar!(
-        r#"WITH current AS (SELECT status FROM enhancement_history WHERE id = $1 FOR UPDATE),
-                moved AS (
-                    UPDATE enhancement_history SET status = 'processing'
-                    WHERE id = $1 AND status IN ('pending', 'processing')
-                    RETURNING status)
-           SELECT status AS "status!" FROM current"#,
-        id,
+/// Claims the rows of a batch of deliveries in one statement: a `pending` row, a `processing`
+/// row without a claim, or one whose claim is this delivery's or its `takeover_from`, moves to
+/// `processing` under the delivery's claim. Outcomes come back in request order.
+///
+/// The rows are locked (`FOR UPDATE`) in one statement, so two deliveries of the same job
+/// that race here are serialised: the second sees the first's claim.
+pub async fn claim(
+    tx: &mut TenantTx,
+    requests: &[ClaimRequest<'_>],
+) -> Result<Vec<ClaimOutcome>, sqlx::Error> {
+    let ids: Vec<Uuid> = requests.iter().map(|r| r.id).collect();
+    let claims: Vec<&str> = requests.iter().map(|r| r.claim).collect();
+    let takeovers: Vec<Option<&str>> = requests.iter().map(|r| r.takeover_from).collect();
+    let rows: Vec<(Uuid, Option<String>, Option<String>, bool)> = sqlx::query_as(
+        r"WITH input AS (
+              SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[]) AS i(id, claim, takeover)
+          ),
+          current AS (
+              SELECT e.id, e.status, e.claim FROM enhancement_history e
+              WHERE e.id = ANY($1::uuid[])
+              ORDER BY e.id
+              FOR UPDATE
+          ),
+          moved AS (
+              UPDATE enhancement_history e SET status = 'processing', claim = i.claim
+              FROM input i JOIN current c ON c.id = i.id
+              WHERE e.id = i.id
+                AND (c.status = 'pending'
+                     OR (c.status = 'processing'
+                         AND (c.claim IS NULL OR c.claim = i.claim OR c.claim = i.takeover)))
+              RETURNING e.id
+          )
+          SELECT i.id, c.status::text, c.claim, (m.id IS NOT NULL) AS moved
+          FROM input i
+          LEFT JOIN current c ON c.id = i.id
+          LEFT JOIN moved m ON m.id = i.id",
     )
-    .fetch_optional(tx.conn())
+    .bind(&ids)
+    .bind(&claims)
+    .bind(&takeovers)
+    .fetch_all(tx.conn())
     .await?;
-    Ok(match status.as_deref() {
-        None => StartOutcome::Missing,
-        Some("completed" | "failed") => StartOutcome::AlreadyFinished,
-        Some(_) => StartOutcome::Started,
-    })
+    let by_id: HashMap<Uuid, (Option<String>, Option<String>, bool)> = rows
+        .into_iter()
+        .map(|(id, status, claim, moved)| (id, (status, claim, moved)))
+        .collect();
+    Ok(requests
+        .iter()
+        .map(|request| match by_id.get(&request.id) {
+            None | Some((None, _, _)) => ClaimOutcome::Missing,
+            Some((_, _, true)) => ClaimOutcome::Claimed,
+            Some((Some(status), _, false)) if matches!(status.as_str(), "completed" | "failed") => {
+                ClaimOutcome::Finished
+            }
+            Some((_, holder, false)) => ClaimOutcome::HeldBy(holder.clone().unwrap_or_default()),
+        })
+        .collect())
 }
 
-/// Marks a `processing` row `completed`; false if it was not `processing` (already finished).
+/// One job's result, to be recorded by [`complete`].
+#[derive(Debug, Clone)]
+pub struct Completion<'a> {
+    /// The row.
+    pub id: Uuid,
+    /// The claim the job ran under.
+    pub claim: &'a str,
+    /// How long processing took.
+    pub processing_time_ms: i32,
+    /// What the job gathered.
+    pub context_gathered: &'a Value,
+    /// The model's output.
+    pub llm_output: Option<&'a str>,
+}
+
+/// Marks `processing` rows `completed`, each only under its completion's claim, in one
+/// statement; for each completion (in order) whether it was recorded. False means the claim
+/// was lost (another delivery took the row over) or the row is gone or final.
 pub async fn complete(
     tx: &mut TenantTx,
-    id: Uuid,
-    processing_time_ms: i32,
-    context_gathered: &Value,
-    llm_output: Option<&str>,
-) -> Result<bool, sqlx::Error> {
-    let result = sqlx::query!(
-        r#"UPDATE enhancement_history
-           SET status = 'completed', processing_time_ms = $2, context_gathered = $3,
-               llm_output = $4, completed_at = now()
-           WHERE id = $1 AND status = 'processing'"#,
-        id,
-        processing_time_ms,
-        context_gathered,
-        llm_output,
+    completions: &[Completion<'_>],
+) -> Result<Vec<bool>, sqlx::Error> {
+    let ids: Vec<Uuid> = completions.iter().map(|c| c.id).collect();
+    let claims: Vec<&str> = completions.iter().map(|c| c.claim).collect();
+    let times: Vec<i32> = completions.iter().map(|c| c.processing_time_ms).collect();
+    let gathered: Vec<String> = completions
+        .iter()
+        .map(|c| c.context_gathered.to_string())
+        .collect();
+    let outputs: Vec<Option<&str>> = completions.iter().map(|c| c.llm_output).collect();
+    let done: Vec<Uuid> = sqlx::query_scalar(
+        r"UPDATE enhancement_history e
+          SET status = 'completed', processing_time_ms = i.ms,
+              context_gathered = i.gathered::jsonb, llm_output = i.output, completed_at = now()
+          FROM unnest($1::uuid[], $2::text[], $3::int4[], $4::text[], $5::text[])
+               AS i(id, claim, ms, gathered, output)
+          WHERE e.id = i.id AND e.status = 'processing' AND e.claim = i.claim
+          RETURNING e.id",
     )
+    .bind(&ids)
+    .bind(&claims)
+    .bind(&times)
+    .bind(&gathered)
+    .bind(&outputs)
+    .fetch_all(tx.conn())
+    .await?;
+    Ok(ids.iter().map(|id| done.contains(id)).collect())
+}
+
+/// Marks an unfinished row `failed` with `error_message`, under `claim` (a `pending` row, or a
+/// `processing` one that `claim` holds or nobody does); false if the row is final, gone or held
+/// by another delivery.
+pub async fn fail(
+    tx: &mut TenantTx,
+    id: Uuid,
+    claim: &str,
+    error_message: &str,
+) -> Result<bool, sqlx::Error> {
+    let result = sqlx::query(
+        r"UPDATE enhancement_history
+          SET status = 'failed', error_message = $3, completed_at = now(), claim = $2
+          WHERE id = $1
+            AND (status = 'pending'
+                 OR (status = 'processing' AND (claim IS NULL OR claim = $2)))",
+    )
+    .bind(id)
+    .bind(claim)
+    .bind(error_message)
     .execute(tx.conn())
     .await?;
     Ok(result.rows_affected() > 0)
 }
 
-/// Marks an unfinished row `failed` with `error_message`; false if it was already final.
-pub async fn fail(tx: &mut TenantTx, id: Uuid, error_message: &str) -> Result<bool, sqlx::Error> {
-    let result = sqlx::query!(
-        r#"UPDATE enhancement_history
-           SET status = 'failed', error_message = $2, completed_at = now()
-           WHERE id = $1 AND status IN ('pending', 'processing')"#,
-        id,
-        error_message,
+/// Up to `limit` rows of any tenant still `pending` and untouched since `before`, oldest
+/// first: candidates for the orphan sweep (their job may be lost).
+pub async fn stale_pending(
+    tx: &mut CrossTenantTx,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<(Uuid, String)>, sqlx::Error> {
+    sqlx::query_as(
+        r"SELECT id, tenant_id::text FROM enhancement_history
+          WHERE status = 'pending' AND updated_at < $1
+          ORDER BY updated_at
+          LIMIT $2",
     )
+    .bind(before)
+    .bind(limit)
+    .fetch_all(tx.conn())
+    .await
+}
+
+/// Touches the rows of `ids` that are still `pending` and untouched since `before` (so that
+/// the next sweep leaves them alone while their new job waits); returns those touched, whose
+/// jobs the caller queues again.
+pub async fn touch_stale_pending(
+    tx: &mut TenantTx,
+    ids: &[Uuid],
+    before: DateTime<Utc>,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        r"UPDATE enhancement_history SET updated_at = now()
+          WHERE id = ANY($1) AND status = 'pending' AND updated_at < $2
+          RETURNING id",
+    )
+    .bind(ids)
+    .bind(before)
+    .fetch_all(tx.conn())
+    .await
+}
+
+/// Moves a `failed` row back to `pending` for `ai-agents-worker dead retry`; false when it is
+/// not `failed` (gone, or already retried).
+pub async fn reopen_failed(tx: &mut TenantTx, id: Uuid) -> Result<bool, sqlx::Error> {
+    let result = sqlx::query(
+        r"UPDATE enhancement_history
+          SET status = 'pending', error_message = NULL, completed_at = NULL,
+              processing_time_ms = NULL, claim = NULL
+          WHERE id = $1 AND status = 'failed'",
+    )
+    .bind(id)
     .execute(tx.conn())
     .await?;
     Ok(result.rows_affected() > 0)

@@ -52,6 +52,27 @@ impl TenantTx {
         Self::begin_as(pool, tenant, " SET LOCAL synchronous_commit = off;").await
     }
 
+    /// [`TenantTx::begin_unsynced`] whose statements give up by themselves: with
+    /// `statement_timeout` and `lock_timeout` set for this transaction to the given bounds.
+    /// The server cancels a statement that runs out of time, so nothing keeps waiting for a
+    /// lock after the caller gave up on it (a dropped client-side future would leave the
+    /// statement running on the server until the lock came free).
+    pub async fn begin_unsynced_bounded(
+        pool: &PgPool,
+        tenant: &TenantId,
+        statement_timeout: std::time::Duration,
+        lock_timeout: std::time::Duration,
+    ) -> Result<Self, sqlx::Error> {
+        let ms = |d: std::time::Duration| d.as_millis().max(1);
+        let settings = format!(
+            " SET LOCAL synchronous_commit = off; SET LOCAL statement_timeout = {}; \
+             SET LOCAL lock_timeout = {};",
+            ms(statement_timeout),
+            ms(lock_timeout)
+        );
+        Self::begin_as(pool, tenant, &settings).await
+    }
+
     async fn begin_as(
         pool: &PgPool,
         tenant: &TenantId,
@@ -67,6 +88,20 @@ impl TenantTx {
             tenant: tenant.clone(),
             _slot: None,
         })
+    }
+
+    /// Scopes the rest of this transaction to `tenant` instead, so one transaction (one commit)
+    /// can carry a batch of work of several tenants: the worker's batches. Row-level security
+    /// reads the setting at each statement, so every statement still sees one tenant's rows.
+    pub async fn switch_to(&mut self, tenant: &TenantId) -> Result<(), sqlx::Error> {
+        if *tenant != self.tenant {
+            sqlx::query("SELECT set_config('app.current_tenant_id', $1, true)")
+                .bind(tenant.as_str())
+                .execute(&mut *self.tx)
+                .await?;
+            self.tenant = tenant.clone();
+        }
+        Ok(())
     }
 
     /// The tenant this transaction is scoped to.

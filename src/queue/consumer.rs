@@ -1,53 +1,65 @@
-//! The worker's side of the queue: read, acknowledge, retry, dead-letter, reclaim.
+//! The worker's side of the queue: read, settle, heartbeat, reclaim, promote retries.
 //!
 //! Each worker process is one consumer of the group, named `HOST-PID-RANDOM` so two processes
 //! never share a name. Reads block on a dedicated connection (no client-side response timeout)
-//! for at most the `block` the caller passes, which keeps shutdown prompt. Every state change
-//! of an entry is one atomic step in Redis: acknowledge-and-delete, acknowledge-and-schedule-
-//! retry, acknowledge-and-dead-letter, or acknowledge-and-requeue. A crash between two steps
-//! therefore leaves the job either where it was or where it was going, never nowhere.
+//! for at most the `block` the caller passes, which keeps shutdown prompt, and take up to as
+//! many entries as the caller has free slots. Every move of an entry is one Lua script
+//! ([`super::scripts`]) that first checks the entry is still this consumer's: a delivery that
+//! was taken back from a worker presumed dead can no longer be settled by that worker.
 
 use std::{collections::HashMap, time::Duration};
 
-use redis::{Script, Value, aio::MultiplexedConnection};
+use redis::{Value, aio::MultiplexedConnection};
 
-use super::{DeadLetter, GROUP, Job, Queue, QueueError, StreamEntry, bounded};
+use super::{GROUP, Job, Queue, QueueError, StreamEntry, bounded, scripts};
 
 /// One stream entry handed to a worker.
 #[derive(Debug, Clone)]
 pub struct Delivery {
-    /// Stream entry id, for acknowledging.
+    /// Stream entry id: unique per delivery, so it is also the delivery's claim on its row.
     pub entry_id: String,
     /// The raw job text (it may not decode).
     pub payload: String,
 }
 
-/// Moves due retries back into the stream.
-const PROMOTE_SCRIPT: &str = r"
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-for _, member in ipairs(due) do
-  redis.call('ZREM', KEYS[1], member)
-  redis.call('XADD', KEYS[2], '*', 'job', member)
-end
-return #due
-";
+/// Where a delivery goes when it is settled.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Settlement {
+    /// Done: acknowledged and deleted.
+    Completed,
+    /// Failed for now: `next` (one attempt further) waits in the retry set for `delay`.
+    Retry {
+        /// The job as it will be delivered next.
+        next: Job,
+        /// How long it waits.
+        delay: Duration,
+    },
+    /// Failed for good: moved to the dead-letter stream.
+    Dead {
+        /// Why.
+        error: String,
+        /// Deliveries it had.
+        attempts: u32,
+    },
+    /// Its row does not exist (deleted with its tenant, or never committed): acknowledged and
+    /// dropped, not dead-lettered.
+    Dropped,
+    /// Another delivery of the same job runs it: acknowledged and dropped.
+    Duplicate,
+}
 
-/// Puts in-flight entries back at the end of the stream, unless they were acknowledged since.
-const REQUEUE_SCRIPT: &str = r"
-local n = 0
-for i = 2, #ARGV do
-  local id = ARGV[i]
-  local entry = redis.call('XRANGE', KEYS[1], id, id)
-  if redis.call('XACK', KEYS[1], ARGV[1], id) == 1 then
-    redis.call('XDEL', KEYS[1], id)
-    if entry[1] then
-      redis.call('XADD', KEYS[1], '*', unpack(entry[1][2]))
-      n = n + 1
-    end
-  end
-end
-return n
-";
+impl Settlement {
+    /// The outcome's name in the counters and metrics.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::Retry { .. } => "retried",
+            Self::Dead { .. } => "dead",
+            Self::Dropped => "dropped",
+            Self::Duplicate => "duplicate",
+        }
+    }
+}
 
 /// How long a heartbeat lasts; a worker silent for longer is presumed dead.
 pub const HEARTBEAT_TTL: Duration = Duration::from_secs(10);
@@ -56,16 +68,18 @@ pub const HEARTBEAT_TTL: Duration = Duration::from_secs(10);
 pub struct Consumer {
     queue: Queue,
     name: String,
+    dead_letter_cap: u64,
     reader: tokio::sync::Mutex<Option<MultiplexedConnection>>,
 }
 
-/// Field values stay bytes: a payload that is not UTF-8 must reach the dead-letter list, not
+/// Field values stay bytes: a payload that is not UTF-8 must reach the dead-letter stream, not
 /// fail the whole read.
 type ReadReply = Option<Vec<(String, Vec<StreamEntry>)>>;
 
 impl Consumer {
-    /// A consumer with a name unique to this process.
-    pub fn new(queue: Queue) -> Self {
+    /// A consumer with a name unique to this process; it caps the dead-letter stream at about
+    /// `dead_letter_cap` letters as it writes them.
+    pub fn new(queue: Queue, dead_letter_cap: u64) -> Self {
         let host = std::env::var("HOSTNAME")
             .ok()
             .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
@@ -77,6 +91,7 @@ impl Consumer {
         Self {
             queue,
             name,
+            dead_letter_cap: dead_letter_cap.max(1),
             reader: tokio::sync::Mutex::new(None),
         }
     }
@@ -96,32 +111,16 @@ impl Consumer {
         &self.queue
     }
 
-    /// Waits up to `block` for the next job; `None` when none came.
-    pub async fn next(&self, block: Duration) -> Result<Option<Delivery>, QueueError> {
+    /// Waits up to `block` for jobs and takes up to `max` of them; empty when none came.
+    pub async fn next_batch(
+        &self,
+        max: usize,
+        block: Duration,
+    ) -> Result<Vec<Delivery>, QueueError> {
         let mut slot = self.reader.lock().await;
         let reader = match &mut *slot {
             Some(reader) => reader,
-            None => {
-                let mut conn = self.queue.redis().dedicated().await?;
-                // The connection carries the consumer's name: when the process dies, the
-                // kernel closes it and the other workers see at once that this consumer is gone.
-                let _: Value = bounded(self.queue.redis().timeout(), async {
-                    redis::cmd("CLIENT")
-                        .arg("SETNAME")
-                        .arg(self.client_name())
-                        .query_async(&mut conn)
-                        .await
-                })
-                .await
-                .or_else(|e| {
-                    if e.code() == Some("ERR") {
-                        Ok(Value::Nil)
-                    } else {
-                        Err(e)
-                    }
-                })?;
-                slot.insert(conn)
-            }
+            None => slot.insert(self.connect_reader().await?),
         };
         let block_ms = u64::try_from(block.as_millis()).unwrap_or(u64::MAX).max(1);
         let read = bounded(block + self.queue.redis().timeout(), async {
@@ -130,7 +129,7 @@ impl Consumer {
                 .arg(GROUP)
                 .arg(&self.name)
                 .arg("COUNT")
-                .arg(1)
+                .arg(max.max(1))
                 .arg("BLOCK")
                 .arg(block_ms)
                 .arg("STREAMS")
@@ -142,10 +141,10 @@ impl Consumer {
         .await;
         let reply = match read {
             Ok(reply) => reply,
-            Err(e) if e.code() == Some("NOGROUP") => {
+            Err(e) if super::redis_pool::has_code(&e, "NOGROUP") => {
                 // The stream or group vanished (Redis without persistence restarted).
                 self.queue.ensure_group().await?;
-                return Ok(None);
+                return Ok(Vec::new());
             }
             Err(e) => {
                 // Reconnect on the next call rather than reuse a broken connection.
@@ -157,187 +156,138 @@ impl Consumer {
             .into_iter()
             .flatten()
             .flat_map(|(_, entries)| entries)
-            .next()
             .map(|(entry_id, fields)| Delivery {
                 entry_id,
                 payload: fields
                     .get(b"job".as_slice())
                     .map(|v| String::from_utf8_lossy(v).into_owned())
                     .unwrap_or_default(),
-            }))
+            })
+            .collect())
     }
 
-    /// Acknowledges a finished job and removes it from the stream.
-    pub async fn ack(&self, delivery: &Delivery) -> Result<(), QueueError> {
-        let keys = self.queue.keys();
-        let mut conn = self.queue.redis().get();
-        let _: Value = bounded(self.queue.redis().timeout(), async {
-            redis::pipe()
-                .atomic()
-                .cmd("XACK")
-                .arg(&keys.jobs)
-                .arg(GROUP)
-                .arg(&delivery.entry_id)
-                .cmd("XDEL")
-                .arg(&keys.jobs)
-                .arg(&delivery.entry_id)
-                .cmd("HINCRBY")
-                .arg(&keys.outcomes)
-                .arg("completed")
-                .arg(1)
+    /// The reading connection, named after this consumer: when the process dies, the kernel
+    /// closes it and the other workers see at once that this consumer is gone.
+    async fn connect_reader(&self) -> Result<MultiplexedConnection, QueueError> {
+        let mut conn = self.queue.redis().dedicated().await?;
+        let named: Result<Value, _> = bounded(self.queue.redis().timeout(), async {
+            redis::cmd("CLIENT")
+                .arg("SETNAME")
+                .arg(self.client_name())
                 .query_async(&mut conn)
                 .await
         })
-        .await?;
-        Ok(())
+        .await;
+        match named {
+            // Some managed Redis services refuse CLIENT: the heartbeat alone then decides.
+            Ok(_) => Ok(conn),
+            Err(e) if e.code() == Some("ERR") => Ok(conn),
+            Err(e) => Err(e.into()),
+        }
     }
 
-    /// Acknowledges a failed attempt and schedules `next` (the job, one attempt further) after
-    /// `delay`, in one step.
-    pub async fn retry_later(
+    /// Settles deliveries in one atomic step; for each, whether it was still this consumer's
+    /// (false: it was taken back meanwhile, and nothing was changed for it).
+    pub async fn settle(
         &self,
-        delivery: &Delivery,
-        next: &Job,
-        delay: Duration,
-    ) -> Result<(), QueueError> {
+        settlements: &[(&Delivery, Settlement)],
+    ) -> Result<Vec<bool>, QueueError> {
+        if settlements.is_empty() {
+            return Ok(Vec::new());
+        }
         let keys = self.queue.keys();
-        let due = chrono::Utc::now().timestamp_millis()
-            + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
-        let mut conn = self.queue.redis().get();
-        let _: Value = bounded(self.queue.redis().timeout(), async {
-            redis::pipe()
-                .atomic()
-                .cmd("XACK")
-                .arg(&keys.jobs)
-                .arg(GROUP)
+        let now = chrono::Utc::now();
+        let mut invocation = scripts::SETTLE.prepare_invoke();
+        invocation
+            .key(&keys.jobs)
+            .key(&keys.retry)
+            .key(&keys.dead)
+            .key(&keys.outcomes)
+            .arg(GROUP)
+            .arg(&self.name)
+            .arg(self.dead_letter_cap)
+            .arg(now.to_rfc3339());
+        for (delivery, settlement) in settlements {
+            let (due, payload, error, attempts) = match settlement {
+                Settlement::Retry { next, delay } => {
+                    let due = now.timestamp_millis()
+                        + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
+                    (due, next.encode(), String::new(), 0)
+                }
+                Settlement::Dead { error, attempts } => {
+                    (0, delivery.payload.clone(), error.clone(), *attempts)
+                }
+                _ => (0, String::new(), String::new(), 0),
+            };
+            invocation
                 .arg(&delivery.entry_id)
-                .cmd("XDEL")
-                .arg(&keys.jobs)
-                .arg(&delivery.entry_id)
-                .cmd("ZADD")
-                .arg(&keys.retry)
+                .arg(settlement.outcome())
                 .arg(due)
-                .arg(next.encode())
-                .cmd("HINCRBY")
-                .arg(&keys.outcomes)
-                .arg("retried")
-                .arg(1)
-                .query_async(&mut conn)
-                .await
-        })
-        .await?;
-        Ok(())
+                .arg(payload)
+                .arg(error)
+                .arg(attempts);
+        }
+        let settled: Vec<i64> = self.queue.redis().invoke(&invocation).await?;
+        Ok(settled.into_iter().map(|n| n == 1).collect())
     }
 
-    /// Acknowledges a job that failed for good and records it in the dead-letter list.
-    pub async fn dead_letter(
-        &self,
-        delivery: &Delivery,
-        error: &str,
-        attempts: u32,
-    ) -> Result<(), QueueError> {
-        let keys = self.queue.keys();
-        let letter = DeadLetter {
-            job: delivery.payload.clone(),
-            error: error.to_owned(),
-            attempts,
-            failed_at: chrono::Utc::now(),
-        };
-        let letter = serde_json::to_string(&letter).unwrap_or_default();
-        let mut conn = self.queue.redis().get();
-        let _: Value = bounded(self.queue.redis().timeout(), async {
-            redis::pipe()
-                .atomic()
-                .cmd("XACK")
-                .arg(&keys.jobs)
+    /// For each entry id, whether it is still in flight (in the group's pending list, held
+    /// by any consumer).
+    pub async fn in_flight(&self, entry_ids: &[&str]) -> Result<Vec<bool>, QueueError> {
+        if entry_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in entry_ids {
+            pipe.cmd("XPENDING")
+                .arg(&self.queue.keys().jobs)
                 .arg(GROUP)
-                .arg(&delivery.entry_id)
-                .cmd("XDEL")
-                .arg(&keys.jobs)
-                .arg(&delivery.entry_id)
-                .cmd("LPUSH")
-                .arg(&keys.dead)
-                .arg(letter)
-                .cmd("HINCRBY")
-                .arg(&keys.outcomes)
-                .arg("dead")
-                .arg(1)
-                .query_async(&mut conn)
-                .await
-        })
-        .await?;
-        Ok(())
+                .arg(*id)
+                .arg(*id)
+                .arg(1);
+        }
+        let found: Vec<Vec<Value>> = self.queue.redis().query_pipe(&pipe).await?;
+        Ok(found
+            .into_iter()
+            .map(|entries| !entries.is_empty())
+            .collect())
     }
 
     /// Tells the other workers this one is alive.
     pub async fn heartbeat(&self) -> Result<(), QueueError> {
-        let mut conn = self.queue.redis().get();
-        let _: Value = bounded(self.queue.redis().timeout(), async {
-            redis::cmd("SET")
-                .arg(self.queue.keys().alive(&self.name))
-                .arg(1)
-                .arg("PX")
-                .arg(u64::try_from(HEARTBEAT_TTL.as_millis()).unwrap_or(10_000))
-                .query_async(&mut conn)
-                .await
-        })
-        .await?;
+        let mut set = redis::cmd("SET");
+        set.arg(self.queue.keys().alive(&self.name))
+            .arg(1)
+            .arg("PX")
+            .arg(u64::try_from(HEARTBEAT_TTL.as_millis()).unwrap_or(10_000));
+        let _: Value = self.queue.redis().query(&set).await?;
         Ok(())
     }
 
     /// Moves retries that are due back into the stream; returns how many.
     pub async fn promote_due_retries(&self) -> Result<u64, QueueError> {
         let keys = self.queue.keys();
-        let mut conn = self.queue.redis().get();
-        let now = chrono::Utc::now().timestamp_millis();
-        let moved: u64 = bounded(self.queue.redis().timeout(), async {
-            Script::new(PROMOTE_SCRIPT)
-                .key(&keys.retry)
-                .key(&keys.jobs)
-                .arg(now)
-                .arg(100)
-                .invoke_async(&mut conn)
-                .await
-        })
-        .await?;
-        Ok(moved)
+        let mut invocation = scripts::PROMOTE.prepare_invoke();
+        invocation
+            .key(&keys.retry)
+            .key(&keys.jobs)
+            .arg(chrono::Utc::now().timestamp_millis())
+            .arg(100);
+        Ok(self.queue.redis().invoke(&invocation).await?)
     }
 
-    /// Puts back jobs held by dead workers (heartbeat expired, or reading connection gone) or held longer than
-    /// `reclaim_after` by anyone; forgets dead consumers with nothing pending. Returns how many
-    /// jobs went back.
+    /// Puts back, one attempt further, the jobs held by dead workers (heartbeat expired, or
+    /// reading connection gone with the heartbeat overdue) and the jobs any worker has held
+    /// longer than `reclaim_after` without settling them (which a live worker never does: its
+    /// hard time limit ends every job sooner). Forgets dead consumers with nothing pending.
+    /// Returns how many jobs went back.
     pub async fn reclaim(&self, reclaim_after: Duration) -> Result<u64, QueueError> {
         let keys = self.queue.keys();
-        let limit = self.queue.redis().timeout();
-        let mut conn = self.queue.redis().get();
-        let consumers: Vec<HashMap<String, Value>> = bounded(limit, async {
-            redis::cmd("XINFO")
-                .arg("CONSUMERS")
-                .arg(&keys.jobs)
-                .arg(GROUP)
-                .query_async(&mut conn)
-                .await
-        })
-        .await?;
-        // Names of the connected clients; `None` where CLIENT LIST is not allowed (some managed
-        // Redis services), and then only the heartbeat decides.
-        let connected: Option<std::collections::HashSet<String>> = bounded(limit, async {
-            redis::cmd("CLIENT")
-                .arg("LIST")
-                .arg("TYPE")
-                .arg("normal")
-                .query_async::<String>(&mut conn)
-                .await
-        })
-        .await
-        .ok()
-        .map(|list| {
-            list.lines()
-                .filter_map(|line| line.split(' ').find_map(|f| f.strip_prefix("name=")))
-                .filter(|name| !name.is_empty())
-                .map(str::to_owned)
-                .collect()
-        });
+        let redis = self.queue.redis();
+        let mut info = redis::cmd("XINFO");
+        info.arg("CONSUMERS").arg(&keys.jobs).arg(GROUP);
+        let consumers: Vec<HashMap<String, Value>> = redis.query(&info).await?;
+        let connected = self.connected_consumers().await;
         let mut requeued = 0;
         for consumer in consumers {
             let name = match consumer.get("name") {
@@ -353,13 +303,9 @@ impl Consumer {
                 _ => 0,
             };
             // Milliseconds left on its heartbeat (-2: none).
-            let heartbeat_ttl: i64 = bounded(limit, async {
-                redis::cmd("PTTL")
-                    .arg(keys.alive(&name))
-                    .query_async(&mut conn)
-                    .await
-            })
-            .await?;
+            let mut pttl = redis::cmd("PTTL");
+            pttl.arg(keys.alive(&name));
+            let heartbeat_ttl: i64 = redis.query(&pttl).await?;
             let alive = heartbeat_ttl > 0;
             // Its last beat is older than two maintenance periods.
             let beat_overdue =
@@ -376,82 +322,81 @@ impl Consumer {
                 continue;
             }
             if pending > 0 {
-                let held: Vec<(String, String, u64, u64)> = bounded(limit, async {
-                    redis::cmd("XPENDING")
-                        .arg(&keys.jobs)
-                        .arg(GROUP)
-                        .arg("-")
-                        .arg("+")
-                        .arg(1000)
-                        .arg(&name)
-                        .query_async(&mut conn)
-                        .await
-                })
-                .await?;
+                let mut held = redis::cmd("XPENDING");
+                held.arg(&keys.jobs)
+                    .arg(GROUP)
+                    .arg("-")
+                    .arg("+")
+                    .arg(1000)
+                    .arg(&name);
+                let held: Vec<(String, String, u64, u64)> = redis.query(&held).await?;
                 let ids: Vec<String> = held.into_iter().map(|(id, ..)| id).collect();
-                requeued += self.requeue(&ids).await?;
+                requeued += self.requeue(&name, &ids).await?;
             } else {
-                let _: i64 = bounded(limit, async {
-                    redis::cmd("XGROUP")
-                        .arg("DELCONSUMER")
-                        .arg(&keys.jobs)
-                        .arg(GROUP)
-                        .arg(&name)
-                        .query_async(&mut conn)
-                        .await
-                })
-                .await?;
+                let mut forget = redis::cmd("XGROUP");
+                forget
+                    .arg("DELCONSUMER")
+                    .arg(&keys.jobs)
+                    .arg(GROUP)
+                    .arg(&name);
+                let _: i64 = redis.query(&forget).await?;
             }
         }
         let idle_ms = u64::try_from(reclaim_after.as_millis()).unwrap_or(u64::MAX);
-        let stale: Vec<(String, String, u64, u64)> = bounded(limit, async {
-            redis::cmd("XPENDING")
-                .arg(&keys.jobs)
-                .arg(GROUP)
-                .arg("IDLE")
-                .arg(idle_ms)
-                .arg("-")
-                .arg("+")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await
-        })
-        .await?;
+        let mut stale = redis::cmd("XPENDING");
+        stale
+            .arg(&keys.jobs)
+            .arg(GROUP)
+            .arg("IDLE")
+            .arg(idle_ms)
+            .arg("-")
+            .arg("+")
+            .arg(1000);
+        let stale: Vec<(String, String, u64, u64)> = redis.query(&stale).await?;
         let ids: Vec<String> = stale.into_iter().map(|(id, ..)| id).collect();
-        requeued += self.requeue(&ids).await?;
+        requeued += self.requeue("", &ids).await?;
         Ok(requeued)
     }
 
-    async fn requeue(&self, ids: &[String]) -> Result<u64, QueueError> {
+    /// Names of the connected clients; `None` where `CLIENT LIST` is not allowed (some managed
+    /// Redis services), and then only the heartbeat decides.
+    async fn connected_consumers(&self) -> Option<std::collections::HashSet<String>> {
+        let mut list = redis::cmd("CLIENT");
+        list.arg("LIST").arg("TYPE").arg("normal");
+        let list: String = self.queue.redis().query(&list).await.ok()?;
+        Some(
+            list.lines()
+                .filter_map(|line| line.split(' ').find_map(|f| f.strip_prefix("name=")))
+                .filter(|name| !name.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        )
+    }
+
+    /// Requeues `ids` if they still belong to `owner` (any consumer when empty).
+    async fn requeue(&self, owner: &str, ids: &[String]) -> Result<u64, QueueError> {
         if ids.is_empty() {
             return Ok(0);
         }
-        let mut conn = self.queue.redis().get();
-        let script = Script::new(REQUEUE_SCRIPT);
-        let mut invocation = script.key(&self.queue.keys().jobs);
-        invocation.arg(GROUP);
+        let keys = self.queue.keys();
+        let mut invocation = scripts::REQUEUE.prepare_invoke();
+        invocation
+            .key(&keys.jobs)
+            .key(&keys.outcomes)
+            .arg(GROUP)
+            .arg(owner);
         for id in ids {
             invocation.arg(id);
         }
-        let n: u64 = bounded(
-            self.queue.redis().timeout(),
-            invocation.invoke_async(&mut conn),
-        )
-        .await?;
-        Ok(n)
+        Ok(self.queue.redis().invoke(&invocation).await?)
     }
 
     /// Leaves the group on a clean shutdown: drops the heartbeat so that anything still held
     /// is reclaimed at once by the other workers.
     pub async fn leave(&self) -> Result<(), QueueError> {
-        let mut conn = self.queue.redis().get();
-        let _: i64 = bounded(self.queue.redis().timeout(), async {
-            redis::cmd("DEL")
-                .arg(self.queue.keys().alive(&self.name))
-                .query_async(&mut conn)
-                .await
-        })
-        .await?;
+        let mut del = redis::cmd("DEL");
+        del.arg(self.queue.keys().alive(&self.name));
+        let _: i64 = self.queue.redis().query(&del).await?;
         Ok(())
     }
 }

@@ -1,31 +1,38 @@
 //! The job queue on Redis 7: a stream with a consumer group, a retry schedule and a dead-letter
-//! list.
+//! stream.
 //!
 //! * `PREFIX:jobs` — a stream. `XADD` enqueues; workers read with `XREADGROUP` in the group
-//!   `workers`, one entry per free slot, so an entry is *pending* until it is read and then
-//!   *in flight* (in the group's pending-entries list) until acknowledged. Acknowledging is
-//!   `XACK` + `XDEL` in one `MULTI`, so the stream holds exactly the unfinished jobs.
-//! * `PREFIX:retry` — a sorted set of jobs waiting for a retry, scored by due time (ms). Moving
-//!   a failed job there and acknowledging it happen in one `MULTI`, and a Lua script moves due
-//!   jobs back into the stream atomically, so a retry survives any crash.
-//! * `PREFIX:dead` — a list of jobs that failed for good, with the error.
+//!   `workers`, up to one entry per free slot, so an entry is *pending* until it is read and then
+//!   *in flight* (in the group's pending-entries list) until settled. Settling acknowledges and
+//!   deletes the entry, so the stream holds exactly the unfinished jobs.
+//! * `PREFIX:retry` — a sorted set of jobs waiting for a retry, scored by due time (ms).
+//! * `PREFIX:dead` — a stream of jobs that failed for good, with the error: each has an id and a
+//!   time, so operators can list, retry and purge them (`ai-agents-worker dead …`), and it is
+//!   trimmed by count and age, so it cannot fill Redis.
 //! * `PREFIX:alive:CONSUMER` — a heartbeat key with a short TTL per worker process; each
 //!   worker's reading connection also carries its consumer name (`CLIENT SETNAME`). Jobs held by
 //!   a consumer whose heartbeat expired or whose connection is gone (a killed process: at once),
-//!   or held longer than the reclaim time (a hung one), are put back in the stream.
+//!   or held longer than the reclaim time (a hung one), are put back in the stream, one attempt
+//!   further.
+//! * `PREFIX:outcomes` — counts of settled deliveries by outcome, across all workers.
 //!
-//! See `docs/architecture.md` for why streams and what the guarantees are.
+//! Every move of an entry (settle, requeue, promote, dead-letter retry) is a Lua script in
+//! `lua/` (see [`scripts`]), atomic and checking before it acts. See `docs/architecture.md`
+//! for why streams and what the guarantees are.
 
 pub mod consumer;
+pub mod dead;
 pub mod job;
 pub mod redis_pool;
+pub(crate) mod scripts;
 
 use std::collections::HashMap;
 
 use redis::{RedisError, Value};
 use serde::Serialize;
 
-pub use consumer::{Consumer, Delivery};
+pub use consumer::{Consumer, Delivery, Settlement};
+pub use dead::DeadLetter;
 pub use job::{Job, JobKind};
 pub use redis_pool::RedisPool;
 
@@ -49,8 +56,10 @@ pub struct Keys {
     pub retry: String,
     /// The dead-letter list.
     pub dead: String,
-    /// Counts of finished attempts by outcome (a hash), for metrics across all workers.
+    /// Counts of settled deliveries by outcome (a hash), for metrics across all workers.
     pub outcomes: String,
+    /// The lock that lets one worker at a time sweep for orphaned rows.
+    pub sweep_lock: String,
     prefix: String,
 }
 
@@ -62,6 +71,7 @@ impl Keys {
             retry: format!("{prefix}:retry"),
             dead: format!("{prefix}:dead"),
             outcomes: format!("{prefix}:outcomes"),
+            sweep_lock: format!("{prefix}:sweep-lock"),
             prefix: prefix.to_owned(),
         }
     }
@@ -74,6 +84,15 @@ impl Keys {
     /// A fresh reply list for a ping.
     pub fn ping_reply(&self) -> String {
         format!("{}:ping:{}", self.prefix, uuid::Uuid::new_v4())
+    }
+
+    /// Whether `key` is a ping reply list of this deployment ([`Keys::ping_reply`]'s form):
+    /// a worker answers a ping only there, so a crafted ping cannot make it write to (or set
+    /// an expiry on) any other key.
+    pub fn is_ping_reply(&self, key: &str) -> bool {
+        key.strip_prefix(&self.prefix)
+            .and_then(|rest| rest.strip_prefix(":ping:"))
+            .is_some_and(|id| uuid::Uuid::parse_str(id).is_ok())
     }
 }
 
@@ -88,19 +107,6 @@ pub struct QueueStats {
     pub retrying: u64,
     /// In the dead-letter queue.
     pub dead: u64,
-}
-
-/// A job in the dead-letter queue.
-#[derive(Debug, Clone, serde::Deserialize, Serialize)]
-pub struct DeadLetter {
-    /// The job as it was last delivered (raw, since it may not decode).
-    pub job: String,
-    /// Why it was given up.
-    pub error: String,
-    /// Attempts made.
-    pub attempts: u32,
-    /// When it was given up.
-    pub failed_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// A stream entry as read: id and raw fields (kept as bytes: not every payload is UTF-8).
@@ -150,8 +156,10 @@ impl Queue {
         Ok(())
     }
 
-    /// Creates the stream and the consumer group if they do not exist yet.
+    /// Creates the stream and the consumer group if they do not exist yet, and converts a
+    /// dead-letter list of earlier builds into the dead-letter stream.
     pub async fn ensure_group(&self) -> Result<(), QueueError> {
+        self.convert_dead_letters().await?;
         let mut create = redis::cmd("XGROUP");
         create
             .arg("CREATE")
@@ -170,7 +178,7 @@ impl Queue {
     pub async fn stats(&self) -> Result<QueueStats, QueueError> {
         match self.read_stats().await {
             // The stream exists but no worker created the group yet.
-            Err(QueueError::Redis(e)) if e.code() == Some("NOGROUP") => {
+            Err(QueueError::Redis(e)) if redis_pool::has_code(&e, "NOGROUP") => {
                 self.ensure_group().await?;
                 self.read_stats().await
             }
@@ -188,7 +196,7 @@ impl Queue {
             .arg(GROUP)
             .cmd("ZCARD")
             .arg(&self.keys.retry)
-            .cmd("LLEN")
+            .cmd("XLEN")
             .arg(&self.keys.dead);
         let (len, pending, retrying, dead): (u64, Value, u64, u64) =
             self.redis.query_pipe(&pipe).await?;
@@ -226,22 +234,28 @@ impl Queue {
             .collect())
     }
 
-    /// Attempts finished by outcome (`completed`, `retried`, `dead`) across every worker.
+    /// The time (Redis clock, ms) of the oldest entry still in the jobs stream, waiting or in
+    /// flight; `None` when the stream is empty.
+    pub async fn oldest_entry_ms(&self) -> Result<Option<u64>, QueueError> {
+        let mut xrange = redis::cmd("XRANGE");
+        xrange
+            .arg(&self.keys.jobs)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1);
+        let entries: Vec<StreamEntry> = self.redis.query(&xrange).await?;
+        Ok(entries
+            .first()
+            .and_then(|(id, _)| id.split('-').next()?.parse().ok()))
+    }
+
+    /// Settled deliveries by outcome (`completed`, `retried`, `dead`, `dropped`,
+    /// `duplicate`, `reclaimed`) across every worker.
     pub async fn outcomes(&self) -> Result<HashMap<String, u64>, QueueError> {
         let mut hgetall = redis::cmd("HGETALL");
         hgetall.arg(&self.keys.outcomes);
         Ok(self.redis.query(&hgetall).await?)
-    }
-
-    /// The newest `count` dead letters.
-    pub async fn dead_letters(&self, count: isize) -> Result<Vec<DeadLetter>, QueueError> {
-        let mut lrange = redis::cmd("LRANGE");
-        lrange.arg(&self.keys.dead).arg(0).arg(count - 1);
-        let raw: Vec<String> = self.redis.query(&lrange).await?;
-        Ok(raw
-            .iter()
-            .filter_map(|r| serde_json::from_str(r).ok())
-            .collect())
     }
 }
 

@@ -163,6 +163,15 @@ pub async fn bounded<T>(
     }
 }
 
+/// Whether Redis answered `e` (or one command of the pipeline or transaction that failed
+/// with `e`) with the error code `code`, e.g. `NOGROUP`.
+pub fn has_code(e: &RedisError, code: &str) -> bool {
+    e.code() == Some(code)
+        || e.clone()
+            .into_server_errors()
+            .is_some_and(|errors| errors.iter().any(|(_, error)| error.code() == code))
+}
+
 /// The error used when a Redis command exceeds its bound.
 pub fn timeout_error() -> RedisError {
     RedisError::from(std::io::Error::new(

@@ -1,36 +1,52 @@
 //! The worker: takes jobs from the queue and runs them, at least once, with retries.
 //!
-//! Shaped like mini-redis's server loop. One reader takes a slot from a semaphore of
-//! `AI_AGENTS_WORKER_CONCURRENCY` permits, then reads one job (prefetch 1 per slot), and hands
-//! job and permit to a task; the permit returns when the task ends. A maintenance task beats
-//! the heartbeat and reclaims jobs of dead workers; a promotion task moves due retries back
-//! into the stream.
+//! Shaped like mini-redis's server: [`Worker::build`] prepares everything, and
+//! [`Worker::run_until_stopped`] runs three parts until the shutdown token fires:
 //!
-//! Each job runs under two limits: at the soft limit its cancellation token fires (the job is
-//! asked to stop); at the hard limit its future is dropped and the attempt counts as failed.
-//! The outcome decides the entry's next place, in one atomic Redis step: acknowledged (done),
-//! the retry set (transient failure with retries left), or the dead-letter list (permanent
-//! failure, or retries used up; the enhancement is marked `failed` first).
+//! * the **read loop** waits for free slots (a semaphore of `AI_AGENTS_WORKER_CONCURRENCY`
+//!   permits) and takes up to that many jobs with one `XREADGROUP`; a task per batch claims
+//!   their rows in one transaction ([`batch::start`]) and runs the claimed jobs side by side,
+//!   each under its soft limit (its cancellation token fires) and hard limit (its future is
+//!   dropped: a failed attempt), while the read loop waits for the next free slot;
+//! * the **recorder** receives the finished jobs, records the completed ones in one transaction
+//!   ([`batch::record`]), then settles every delivery in one atomic Redis step — done, retry
+//!   later, or dead letter (after marking the row `failed`) — and only then frees their slots;
+//! * **maintenance**, on interval timers: the heartbeat and the reclaim of jobs of dead or silent
+//!   workers, the promotion of due retries, the orphan sweep ([`sweeper`]) and the dead-letter
+//!   trim.
 //!
-//! On SIGTERM/SIGINT the reader stops, in-flight jobs get `AI_AGENTS_SHUTDOWN_GRACE_SECS` to
-//! finish, the heartbeat is removed so other workers reclaim whatever is left at once, and
-//! `run` returns.
+//! On SIGTERM/SIGINT the read loop stops, in-flight jobs get `AI_AGENTS_SHUTDOWN_GRACE_SECS` to
+//! finish and be recorded (the heartbeat goes on meanwhile), the heartbeat is removed so other
+//! workers reclaim at once whatever is left, and [`Worker::run_until_stopped`] returns.
 
+pub mod batch;
+pub mod dead_letters;
 pub mod jobs;
 pub mod metrics_server;
 pub mod retry;
+pub mod sweeper;
 
-use std::{sync::Arc, time::Duration, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
-use backon::{ExponentialBuilder, Retryable};
-use tokio::{sync::Semaphore, task::JoinSet};
-use tokio_util::sync::CancellationToken;
+use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
+use futures_util::future::join_all;
+use sqlx::PgPool;
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc},
+    time::MissedTickBehavior,
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument;
 
 use crate::{
-    config::Config,
+    config::{Config, SessionLimits, WorkerConfig},
     db,
-    queue::{Consumer, Delivery, Job, Queue, QueueError, RedisPool},
+    queue::{Consumer, Delivery, Queue, RedisPool, Settlement},
 };
+use batch::{Finished, Next, Taken};
 use jobs::JobContext;
 use retry::{JobError, RetryPolicy};
 
@@ -38,6 +54,12 @@ use retry::{JobError, RetryPolicy};
 const READ_BLOCK: Duration = Duration::from_secs(1);
 /// Period of heartbeat and reclaim.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(2);
+/// Period of the orphan sweep (one worker of all sweeps each time).
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// Period of the dead-letter trim by age.
+const TRIM_EVERY: Duration = Duration::from_secs(60);
+/// Most finished jobs recorded in one transaction.
+const RECORD_BATCH: usize = 256;
 
 /// Why the worker could not run at all.
 #[derive(Debug, thiserror::Error)]
@@ -50,302 +72,122 @@ pub enum WorkerError {
     Redis(#[source] redis::RedisError),
 }
 
+/// What every part of the worker shares.
 struct Shared {
-    ctx: JobContext,
+    pool: PgPool,
+    session: SessionLimits,
     consumer: Consumer,
+    ctx: JobContext,
     policy: RetryPolicy,
-    soft_limit: Duration,
-    hard_limit: Duration,
+    settings: WorkerConfig,
+    grace: Duration,
 }
 
-/// Runs the worker until `shutdown` is cancelled.
-pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), WorkerError> {
-    let pool = db::connect_lazy(&config.database)?;
-    let redis = RedisPool::new(&config.redis).map_err(WorkerError::Redis)?;
-    let queue = Queue::new(redis, &config.redis.queue_prefix);
-    let consumer = Consumer::new(queue.clone());
-    let name = consumer.name().to_owned();
-    crate::metrics::install();
-    tracing::info!(consumer = %name, concurrency = config.worker.concurrency, "worker starting");
-    if config.worker.reclaim_after <= config.worker.time_limit {
-        tracing::warn!(
-            "AI_AGENTS_WORKER_RECLAIM_AFTER_SECS is not above AI_AGENTS_TASK_TIME_LIMIT_SECS: a job \
-             still running may be reclaimed and run twice at once (the stored effect stays single)"
-        );
-    }
+/// A built worker, ready to run.
+pub struct Worker {
+    shared: Arc<Shared>,
+}
 
-    // Join the group before taking work; Redis may still be starting: retry, never crash-loop.
-    let joined = until_ok_or_cancelled(&shutdown, || async {
-        queue.ensure_group().await?;
-        consumer.heartbeat().await
-    })
-    .await;
-    if !joined {
-        return Ok(());
-    }
+/// A finished job on its way to the recorder, with the slot it holds until it is settled.
+struct Done {
+    finished: Finished,
+    _slot: OwnedSemaphorePermit,
+    kind: &'static str,
+    seconds: f64,
+}
 
-    let shared = Arc::new(Shared {
-        ctx: JobContext {
-            pool,
-            queue: queue.clone(),
-            consumer: name.clone(),
-        },
-        consumer,
-        policy: RetryPolicy {
-            max_retries: config.worker.max_retries,
-            base: config.worker.retry_base,
-        },
-        soft_limit: config.worker.soft_time_limit,
-        hard_limit: config.worker.time_limit,
-    });
-    // Jobs of workers that died while we were away come back before we start reading.
-    maintain(&shared, config.worker.reclaim_after).await;
-    tracing::info!(consumer = %name, "worker ready");
-
-    // Maintenance outlives the shutdown signal: the heartbeat must keep beating while
-    // in-flight jobs drain, or other workers would take those jobs for orphans.
-    let maintenance_stop = CancellationToken::new();
-    let maintenance = {
-        let shared = Arc::clone(&shared);
-        let stop = maintenance_stop.clone();
-        let reclaim_after = config.worker.reclaim_after;
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => break,
-                    () = tokio::time::sleep(MAINTENANCE_EVERY) => maintain(&shared, reclaim_after).await,
-                }
-            }
-        })
-    };
-
-    // Due retries go back to the stream promptly (a fraction of the base delay), so the
-    // schedule stays close to base, 2×base, 4×base rather than rounding up to the
-    // maintenance period.
-    let promotion = {
-        let shared = Arc::clone(&shared);
-        let stop = shutdown.clone();
-        let every =
-            (config.worker.retry_base / 4).clamp(Duration::from_millis(50), MAINTENANCE_EVERY);
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => break,
-                    () = tokio::time::sleep(every) => {
-                        if let Err(e) = shared.consumer.promote_due_retries().await {
-                            tracing::warn!(error = &e as &dyn std::error::Error, "retry promotion failed");
-                        }
-                    }
-                }
-            }
-        })
-    };
-
-    let slots = Arc::new(Semaphore::new(config.worker.concurrency));
-    let mut tasks = JoinSet::new();
-    let mut read_errors = 0_u32;
-    while !shutdown.is_cancelled() {
-        let permit = tokio::select! {
-            permit = Arc::clone(&slots).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-            () = shutdown.cancelled() => break,
+impl Worker {
+    /// Creates the pools and the consumer; connects to nothing yet (both may still be starting).
+    pub fn build(config: &Config) -> Result<Self, WorkerError> {
+        let pool = db::connect_lazy(&config.database)?;
+        let redis = RedisPool::new(&config.redis).map_err(WorkerError::Redis)?;
+        let queue = Queue::new(redis, &config.redis.queue_prefix);
+        let consumer = Consumer::new(queue.clone(), config.worker.dead_letters.max_count);
+        let ctx = JobContext {
+            queue,
+            consumer: consumer.name().to_owned(),
         };
-        // Reap finished tasks so the set does not grow.
-        while tasks.try_join_next().is_some() {}
-        match shared.consumer.next(READ_BLOCK).await {
-            Ok(Some(delivery)) => {
-                read_errors = 0;
-                let shared = Arc::clone(&shared);
-                tasks.spawn(async move {
-                    handle(&shared, delivery).await;
-                    drop(permit);
-                });
-            }
-            Ok(None) => {}
-            Err(e) => {
-                read_errors = read_errors.saturating_add(1);
-                let pause = Duration::from_millis(200 * u64::from(read_errors.min(25)));
-                tracing::warn!(
-                    error = &e as &dyn std::error::Error,
-                    retry_in_ms = pause.as_millis() as u64,
-                    "cannot read jobs"
-                );
-                tokio::select! {
-                    () = tokio::time::sleep(pause) => {}
-                    () = shutdown.cancelled() => {}
-                }
-            }
+        Ok(Self {
+            shared: Arc::new(Shared {
+                pool,
+                session: config.database.session_limits,
+                ctx,
+                consumer,
+                policy: RetryPolicy {
+                    max_retries: config.worker.max_retries,
+                    base: config.worker.retry_base,
+                },
+                settings: config.worker.clone(),
+                grace: config.shutdown_grace,
+            }),
+        })
+    }
+
+    /// This worker's consumer name.
+    pub fn name(&self) -> &str {
+        self.shared.consumer.name()
+    }
+
+    /// Runs until `shutdown` is cancelled, then drains (see the module doc).
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+        let shared = self.shared;
+        crate::metrics::install();
+        tracing::info!(consumer = %shared.consumer.name(), concurrency = shared.settings.concurrency, "worker starting");
+        if !join(&shared, &shutdown).await {
+            return Ok(());
         }
-    }
+        // Jobs of workers that died while we were away come back before we start reading.
+        heartbeat_and_reclaim(&shared).await;
+        tracing::info!(consumer = %shared.consumer.name(), "worker ready");
 
-    tracing::info!(in_flight = tasks.len(), "draining in-flight jobs");
-    let grace = config.shutdown_grace;
-    let drained =
-        tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
-    if drained.is_err() {
-        tracing::warn!(
-            left = tasks.len(),
-            "grace period over; unfinished jobs will be redelivered"
-        );
-        tasks.abort_all();
-    }
-    maintenance_stop.cancel();
-    let _ = maintenance.await;
-    promotion.abort();
-    if let Err(e) = shared.consumer.leave().await {
-        tracing::warn!(
-            error = &e as &dyn std::error::Error,
-            "could not leave the group cleanly"
-        );
-    }
-    tracing::info!("worker stopped");
-    Ok(())
-}
+        // Maintenance outlives the shutdown signal: the heartbeat must keep beating while
+        // in-flight jobs drain, or other workers would take those jobs for orphans.
+        let maintenance_stop = CancellationToken::new();
+        let maintenance = tokio::spawn(maintain(
+            Arc::clone(&shared),
+            shutdown.clone(),
+            maintenance_stop.clone(),
+        ));
+        let (done_tx, done_rx) = mpsc::channel::<Done>(shared.settings.concurrency.max(1) * 2);
+        let recorder = tokio::spawn(record(Arc::clone(&shared), done_rx));
+        let batches = TaskTracker::new();
+        read(&shared, &shutdown, &done_tx, &batches).await;
+        drop(done_tx);
+        drain(&shared, batches, recorder).await;
 
-/// Heartbeat and reclaim; failures are logged and tried again next time.
-async fn maintain(shared: &Shared, reclaim_after: Duration) {
-    let consumer = &shared.consumer;
-    if let Err(e) = consumer.heartbeat().await {
-        tracing::warn!(error = &e as &dyn std::error::Error, "heartbeat failed");
-        return;
-    }
-    match consumer.reclaim(reclaim_after).await {
-        Ok(0) => {}
-        Ok(n) => tracing::warn!(
-            count = n,
-            "jobs of dead or silent workers put back in the queue"
-        ),
-        Err(e) => tracing::warn!(error = &e as &dyn std::error::Error, "reclaim failed"),
+        maintenance_stop.cancel();
+        let _ = maintenance.await;
+        if let Err(e) = shared.consumer.leave().await {
+            tracing::warn!(
+                error = &e as &dyn std::error::Error,
+                "could not leave the group cleanly"
+            );
+        }
+        tracing::info!("worker stopped");
+        Ok(())
     }
 }
 
-/// Runs one delivery and moves its entry to its next place.
-async fn handle(shared: &Shared, delivery: Delivery) {
-    let started = Instant::now();
-    let job = match Job::decode(&delivery.payload) {
-        Ok(job) => job,
-        Err(error) => {
-            tracing::error!(entry = %delivery.entry_id, %error, "undecodable job dead-lettered");
-            settle(|| shared.consumer.dead_letter(&delivery, &error, 1)).await;
-            crate::metrics::record_job("unknown", "dead", 0, 0.0);
-            return;
-        }
-    };
-    let kind = jobs::kind_name(&job);
-
-    // The soft limit asks the job to stop (its token fires) and lets it go on; the hard limit
-    // abandons it. Both timers live in this task: no helper task per job.
-    let cancel = CancellationToken::new();
-    let run = async {
-        let job_run = jobs::execute(&shared.ctx, &job, cancel.clone());
-        tokio::pin!(job_run);
-        tokio::select! {
-            outcome = &mut job_run => outcome,
-            () = tokio::time::sleep(shared.soft_limit) => {
-                cancel.cancel();
-                job_run.await
-            }
-        }
-    };
-    let outcome = match tokio::time::timeout(shared.hard_limit, run).await {
-        Ok(outcome) => outcome,
-        Err(_) => Err(JobError::Transient(format!(
-            "hard time limit of {} s exceeded",
-            shared.hard_limit.as_secs()
-        ))),
-    };
-    let seconds = started.elapsed().as_secs_f64();
-
-    match outcome {
-        Ok(()) => {
-            settle(|| shared.consumer.ack(&delivery)).await;
-            crate::metrics::record_job(kind, "completed", job.attempt, seconds);
-            tracing::debug!(job_id = %job.id, kind, "job done");
-        }
-        Err(JobError::Transient(error)) => match shared.policy.delay_after(job.attempt) {
-            Some(delay) => {
-                tracing::warn!(job_id = %job.id, kind, attempt = job.attempt + 1, %error, retry_in_ms = delay.as_millis() as u64, "job failed; will retry");
-                let next = job.next_attempt();
-                settle(|| shared.consumer.retry_later(&delivery, &next, delay)).await;
-                crate::metrics::record_job(kind, "retried", job.attempt, seconds);
-            }
-            None => {
-                let error = format!("gave up after {} attempts: {error}", job.attempt + 1);
-                give_up(shared, &delivery, &job, &error).await;
-                crate::metrics::record_job(kind, "dead", job.attempt, seconds);
-            }
-        },
-        Err(JobError::Permanent(error)) => {
-            give_up(shared, &delivery, &job, &error).await;
-            crate::metrics::record_job(kind, "dead", job.attempt, seconds);
-        }
-    }
+/// Runs the worker of `config` until `shutdown` is cancelled.
+pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), WorkerError> {
+    Worker::build(config)?.run_until_stopped(shutdown).await
 }
 
-/// Marks the enhancement failed, then dead-letters the job. If the database cannot be reached
-/// to record the failure, the job stays unacknowledged and comes back later: its enhancement
-/// must not stay `pending` forever.
-async fn give_up(shared: &Shared, delivery: &Delivery, job: &Job, error: &str) {
-    tracing::error!(job_id = %job.id, attempts = job.attempt + 1, %error, "job failed for good");
-    let recorded = (|| jobs::mark_failed(&shared.ctx, job, error))
-        .retry(
-            ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(500))
-                .with_max_times(5),
-        )
-        .when(|e| matches!(e, JobError::Transient(_)))
-        .await;
-    if let Err(e) = recorded {
-        tracing::error!(job_id = %job.id, error = %e, "cannot record the failure; the job will be redelivered");
-        return;
-    }
-    settle(|| {
-        shared
-            .consumer
-            .dead_letter(delivery, error, job.attempt + 1)
-    })
-    .await;
-}
-
-/// Retries a queue write a few times; if Redis stays away the entry remains in flight and is
-/// reclaimed later, which is safe because processing is idempotent.
-async fn settle<F, Fut>(write: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<(), QueueError>>,
-{
-    let result = write
-        .retry(
-            ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(200))
-                .with_max_times(6),
-        )
-        .await;
-    if let Err(e) = result {
-        tracing::error!(
-            error = &e as &dyn std::error::Error,
-            "cannot update the queue; the job will be redelivered"
-        );
-    }
-}
-
-/// Calls `f` with backoff until it succeeds or `shutdown` fires; false if cancelled.
-async fn until_ok_or_cancelled<F, Fut>(shutdown: &CancellationToken, mut f: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<(), QueueError>>,
-{
-    let mut delays = backon::BackoffBuilder::build(
-        ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(250))
-            .with_max_delay(Duration::from_secs(5))
-            .without_max_times()
-            .with_jitter(),
-    );
+/// Joins the group before taking work. Redis may still be starting: retry with backoff, never
+/// crash-loop. False if cancelled first.
+async fn join(shared: &Shared, shutdown: &CancellationToken) -> bool {
+    let mut delays = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(Duration::from_secs(5))
+        .without_max_times()
+        .with_jitter()
+        .build();
     loop {
-        match f().await {
+        let joined = async {
+            shared.consumer.queue().ensure_group().await?;
+            shared.consumer.heartbeat().await
+        };
+        match joined.await {
             Ok(()) => return true,
             Err(e) => {
                 let pause = delays.next().unwrap_or(Duration::from_secs(5));
@@ -360,5 +202,337 @@ where
                 }
             }
         }
+    }
+}
+
+/// The read loop: free slots → one read → a task for the batch.
+async fn read(
+    shared: &Arc<Shared>,
+    shutdown: &CancellationToken,
+    done: &mpsc::Sender<Done>,
+    batches: &TaskTracker,
+) {
+    let slots = Arc::new(Semaphore::new(shared.settings.concurrency));
+    let mut backoff = read_backoff();
+    while !shutdown.is_cancelled() {
+        let first = tokio::select! {
+            permit = Arc::clone(&slots).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let mut free = vec![first];
+        while let Ok(permit) = Arc::clone(&slots).try_acquire_owned() {
+            free.push(permit);
+        }
+        let deliveries = match shared.consumer.next_batch(free.len(), READ_BLOCK).await {
+            Ok(deliveries) => {
+                backoff = read_backoff();
+                deliveries
+            }
+            Err(e) => {
+                let pause = backoff.next().unwrap_or(Duration::from_secs(5));
+                tracing::warn!(
+                    error = &e as &dyn std::error::Error,
+                    retry_in_ms = pause.as_millis() as u64,
+                    "cannot read jobs"
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    () = shutdown.cancelled() => {}
+                }
+                continue;
+            }
+        };
+        if deliveries.is_empty() {
+            continue;
+        }
+        // Slots beyond the jobs read return at once; the others travel with their jobs.
+        free.truncate(deliveries.len());
+        let read_at = tokio::time::Instant::now();
+        batches.spawn(process(
+            Arc::clone(shared),
+            deliveries,
+            read_at,
+            free,
+            done.clone(),
+        ));
+    }
+}
+
+/// One batch: claims its rows, settles at once what needs no run, runs the claimed jobs side
+/// by side (each hands its result and slot to the recorder). The time limits count from the
+/// read, so claiming is part of a job's time: a live worker settles every delivery well
+/// before `AI_AGENTS_WORKER_RECLAIM_AFTER_SECS` (greater than the hard limit) would let
+/// another worker take it.
+async fn process(
+    shared: Arc<Shared>,
+    deliveries: Vec<Delivery>,
+    read_at: tokio::time::Instant,
+    mut free: Vec<OwnedSemaphorePermit>,
+    done: mpsc::Sender<Done>,
+) {
+    // Claiming counts against the hard limit; the server ends claim statements that would
+    // outlast it, so nothing keeps waiting for a lock once the attempt is given up.
+    let left = shared.settings.time_limit.saturating_sub(read_at.elapsed());
+    let bounds = batch::ClaimBounds {
+        statement_timeout: shared.session.statement_timeout.min(left),
+        lock_timeout: shared.session.lock_timeout.min(left),
+    };
+    let next = batch::start(
+        &shared.pool,
+        &shared.consumer,
+        shared.policy,
+        bounds,
+        deliveries,
+    )
+    .await;
+    let mut settle_now = Vec::new();
+    let mut runs = Vec::new();
+    for step in next {
+        match step {
+            Next::Run(taken) => {
+                let slot = free.pop().expect("one slot per delivery");
+                runs.push(run_job(&shared, taken, read_at, slot, &done));
+            }
+            Next::Settle(delivery, settlement) => settle_now.push((delivery, settlement)),
+            Next::GiveUp(taken, error) => {
+                if let Some(settlement) = batch::give_up(&shared.pool, &taken, &error).await {
+                    settle_now.push((taken.delivery, settlement));
+                }
+            }
+        }
+    }
+    let settling = async {
+        settle(&shared, &settle_now).await;
+        for (delivery, settlement) in &settle_now {
+            let kind = jobs::kind_of(&delivery.payload);
+            crate::metrics::record_job(kind, settlement.outcome(), 0, 0.0);
+        }
+        // The slots of the deliveries settled without running.
+        drop(free);
+    };
+    tokio::join!(settling, join_all(runs));
+}
+
+/// Backoff of failed reads: 200 ms doubling to 5 s, with jitter, for ever.
+fn read_backoff() -> backon::ExponentialBackoff {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(5))
+        .without_max_times()
+        .with_jitter()
+        .build()
+}
+
+/// Runs one claimed job under its limits, in a span with its id, kind and attempt, and hands
+/// the result (with its slot) to the recorder.
+async fn run_job(
+    shared: &Shared,
+    taken: Taken,
+    read_at: tokio::time::Instant,
+    slot: OwnedSemaphorePermit,
+    done: &mpsc::Sender<Done>,
+) {
+    let kind = jobs::kind_name(&taken.job);
+    let span =
+        tracing::info_span!("job", job_id = %taken.job.id, kind, attempt = taken.job.attempt + 1);
+    let started = Instant::now();
+    let result = limited(shared, &taken, read_at).instrument(span).await;
+    let seconds = started.elapsed().as_secs_f64();
+    let finished = Finished { taken, result };
+    // The recorder is gone only when the grace period ended: the delivery is then redelivered.
+    let _ = done
+        .send(Done {
+            finished,
+            _slot: slot,
+            kind,
+            seconds,
+        })
+        .await;
+}
+
+/// The job under its soft limit (its token fires, it may go on) and its hard limit (it is
+/// abandoned: a transient failure), both counted from `read_at`. Both timers live in this
+/// task: no helper task per job.
+async fn limited(
+    shared: &Shared,
+    taken: &Taken,
+    read_at: tokio::time::Instant,
+) -> Result<jobs::Output, JobError> {
+    let cancel = CancellationToken::new();
+    let run = async {
+        let job = jobs::execute(&shared.ctx, &taken.job, cancel.clone());
+        tokio::pin!(job);
+        tokio::select! {
+            outcome = &mut job => outcome,
+            () = tokio::time::sleep_until(read_at + shared.settings.soft_time_limit) => {
+                cancel.cancel();
+                job.await
+            }
+        }
+    };
+    match tokio::time::timeout_at(read_at + shared.settings.time_limit, run).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(JobError::Transient(format!(
+            "hard time limit of {} s exceeded",
+            shared.settings.time_limit.as_secs()
+        ))),
+    }
+}
+
+/// The recorder: batches of finished jobs → one transaction → one settle; then their slots
+/// are free. Ends when every sender is gone (the read loop stopped, every job task ended).
+async fn record(shared: Arc<Shared>, mut done: mpsc::Receiver<Done>) {
+    let mut batch = Vec::new();
+    while done.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+        let mut metrics = Vec::with_capacity(batch.len());
+        let mut slots = Vec::with_capacity(batch.len());
+        let mut finished = Vec::with_capacity(batch.len());
+        for Done {
+            finished: f,
+            _slot,
+            kind,
+            seconds,
+        } in batch.drain(..)
+        {
+            metrics.push((kind, f.taken.job.attempt, seconds));
+            slots.push(_slot);
+            finished.push(f);
+        }
+        let next = batch::record(&shared.pool, shared.policy, finished).await;
+        let mut settlements = Vec::with_capacity(next.len());
+        for (step, (kind, attempt, seconds)) in next.into_iter().zip(metrics) {
+            let settlement = match step {
+                Next::Settle(delivery, settlement) => Some((delivery, settlement)),
+                Next::GiveUp(taken, error) => batch::give_up(&shared.pool, &taken, &error)
+                    .await
+                    .map(|settlement| (taken.delivery, settlement)),
+                Next::Run(_) => None,
+            };
+            if let Some((delivery, settlement)) = settlement {
+                crate::metrics::record_job(kind, settlement.outcome(), attempt, seconds);
+                settlements.push((delivery, settlement));
+            }
+        }
+        settle(&shared, &settlements).await;
+        drop(slots);
+    }
+}
+
+/// Settles deliveries, retrying while Redis is away; if it stays away, they remain in flight
+/// and are reclaimed later, which is safe because recording is idempotent and fenced.
+async fn settle(shared: &Shared, settlements: &[(Delivery, Settlement)]) {
+    if settlements.is_empty() {
+        return;
+    }
+    let pairs: Vec<(&Delivery, Settlement)> =
+        settlements.iter().map(|(d, s)| (d, s.clone())).collect();
+    let settled = (|| shared.consumer.settle(&pairs))
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(200))
+                .with_max_times(6),
+        )
+        .await;
+    match settled {
+        Ok(mine) => {
+            for ((delivery, _), mine) in settlements.iter().zip(mine) {
+                if !mine {
+                    tracing::warn!(entry = %delivery.entry_id,
+                        "delivery was taken back before it was settled; another worker has it");
+                }
+            }
+        }
+        Err(e) => tracing::error!(
+            error = &e as &dyn std::error::Error,
+            "cannot update the queue; the jobs will be redelivered"
+        ),
+    }
+}
+
+/// After the read loop: waits up to the grace period for the running batches and the
+/// recorder. What is left then is dropped with the process and redelivered.
+async fn drain(shared: &Shared, batches: TaskTracker, mut recorder: tokio::task::JoinHandle<()>) {
+    tracing::info!(batches = batches.len(), "draining in-flight jobs");
+    batches.close();
+    let drained = tokio::time::timeout(shared.grace, async {
+        batches.wait().await;
+        let _ = (&mut recorder).await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            batches = batches.len(),
+            "grace period over; unfinished jobs will be redelivered"
+        );
+        recorder.abort();
+    }
+}
+
+/// Maintenance on interval timers until `stop` (see the module doc). Promotion, sweeping and
+/// trimming end with `shutdown`; the heartbeat goes on until `stop`.
+async fn maintain(shared: Arc<Shared>, shutdown: CancellationToken, stop: CancellationToken) {
+    let ticker = |period: Duration| {
+        let mut interval = tokio::time::interval(period);
+        interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        interval.reset();
+        interval
+    };
+    // Due retries go back promptly (a fraction of the base delay), so the schedule stays close
+    // to base, 2×base, 4×base rather than rounding up to the maintenance period.
+    let promote_every =
+        (shared.settings.retry_base / 4).clamp(Duration::from_millis(50), MAINTENANCE_EVERY);
+    let (mut beat, mut promote, mut sweep, mut trim) = (
+        ticker(MAINTENANCE_EVERY),
+        ticker(promote_every),
+        ticker(SWEEP_EVERY),
+        ticker(TRIM_EVERY),
+    );
+    loop {
+        let working = !shutdown.is_cancelled();
+        tokio::select! {
+            () = stop.cancelled() => break,
+            _ = beat.tick() => heartbeat_and_reclaim(&shared).await,
+            _ = promote.tick(), if working => {
+                if let Err(e) = shared.consumer.promote_due_retries().await {
+                    tracing::warn!(error = &e as &dyn std::error::Error, "retry promotion failed");
+                }
+            }
+            _ = sweep.tick(), if working => {
+                let swept = sweeper::sweep(&shared.pool, shared.consumer.queue(),
+                    shared.consumer.name(), shared.settings.orphan_after, SWEEP_EVERY).await;
+                match swept {
+                    Ok(0) => {}
+                    Ok(n) => tracing::warn!(count = n, "orphaned pending rows queued again"),
+                    Err(e) => tracing::warn!(error = &e as &dyn std::error::Error, "orphan sweep failed"),
+                }
+            }
+            _ = trim.tick(), if working => {
+                match shared.consumer.queue().trim_dead(shared.settings.dead_letters).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(count = n, "expired dead letters removed"),
+                    Err(e) => tracing::warn!(error = &e as &dyn std::error::Error, "dead-letter trim failed"),
+                }
+            }
+        }
+    }
+}
+
+/// Heartbeat and reclaim; failures are logged and tried again next time.
+async fn heartbeat_and_reclaim(shared: &Shared) {
+    let consumer = &shared.consumer;
+    if let Err(e) = consumer.heartbeat().await {
+        tracing::warn!(error = &e as &dyn std::error::Error, "heartbeat failed");
+        return;
+    }
+    match consumer.reclaim(shared.settings.reclaim_after).await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            count = n,
+            "jobs of dead or silent workers put back in the queue"
+        ),
+        Err(e) => tracing::warn!(error = &e as &dyn std::error::Error, "reclaim failed"),
     }
 }

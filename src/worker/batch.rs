@@ -1,0 +1,440 @@
+//! The database side of a batch of deliveries: claiming their rows before the jobs run, and
+//! recording their results after, each in one transaction for the whole batch.
+//!
+//! A batch is what one `XREADGROUP` returned (up to the free slots). Claiming moves every row to
+//! `processing` under its delivery's claim in one statement per tenant, in one transaction
+//! whose commit does not wait for the disk (a lost claim is redone by the redelivery). Recording
+//! marks the finished jobs `completed` in one statement per tenant, each only under its claim,
+//! in one transaction that does wait for the disk; the deliveries are acknowledged only after
+//! that commit, so a crash in between redelivers jobs whose rows are already final, which then
+//! change nothing. If a batch statement fails (one row can fail a whole statement), every
+//! delivery of the batch is handled on its own, concurrently, so one bad row affects only
+//! itself.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use backon::{ExponentialBuilder, Retryable};
+use futures_util::future::join_all;
+use uuid::Uuid;
+
+use super::{
+    jobs::Output,
+    retry::{JobError, RetryPolicy},
+};
+use crate::{
+    db::{
+        enhancements::{self, ClaimOutcome, ClaimRequest, Completion},
+        scope::TenantTx,
+    },
+    domain::TenantId,
+    queue::{Consumer, Delivery, Job, JobKind, Settlement},
+};
+
+/// A delivery whose job decoded, and the row it works on (none for a ping).
+#[derive(Debug, Clone)]
+pub struct Taken {
+    /// The stream entry.
+    pub delivery: Delivery,
+    /// Its job.
+    pub job: Job,
+    /// The enhancement row and its tenant, for enhancement jobs.
+    pub row: Option<(Uuid, TenantId)>,
+}
+
+/// What happens next to a delivery.
+#[derive(Debug)]
+pub enum Next {
+    /// Its row is claimed (or it needs none): run the job.
+    Run(Taken),
+    /// Settle it so, without running anything.
+    Settle(Delivery, Settlement),
+    /// It failed for good: mark its row `failed` (under its claim), then dead-letter it.
+    GiveUp(Taken, String),
+}
+
+/// How long claiming may take and how long its statements may wait.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimBounds {
+    /// Statement bound of the claim transaction.
+    pub statement_timeout: Duration,
+    /// Lock-wait bound of the claim transaction.
+    pub lock_timeout: Duration,
+}
+
+/// Decodes a batch and claims the rows of its enhancement jobs, each claim statement bounded
+/// by `bounds` on the server.
+pub async fn start(
+    pool: &sqlx::PgPool,
+    consumer: &Consumer,
+    policy: RetryPolicy,
+    bounds: ClaimBounds,
+    deliveries: Vec<Delivery>,
+) -> Vec<Next> {
+    let mut next = Vec::with_capacity(deliveries.len());
+    let mut to_claim = Vec::new();
+    for delivery in deliveries {
+        let job = match Job::decode(&delivery.payload) {
+            Ok(job) => job,
+            Err(error) => {
+                tracing::error!(entry = %delivery.entry_id, %error, "undecodable job dead-lettered");
+                next.push(Next::Settle(
+                    delivery,
+                    Settlement::Dead { error, attempts: 1 },
+                ));
+                continue;
+            }
+        };
+        let row = match &job.kind {
+            JobKind::Ping { .. } => None,
+            JobKind::Enhancement {
+                enhancement_id,
+                tenant_id,
+            } => match TenantId::parse(tenant_id) {
+                Ok(tenant) => Some((*enhancement_id, tenant)),
+                Err(e) => {
+                    let error = format!("bad payload: {e}");
+                    next.push(Next::Settle(
+                        delivery,
+                        Settlement::Dead { error, attempts: 1 },
+                    ));
+                    continue;
+                }
+            },
+        };
+        let taken = Taken { delivery, job, row };
+        if taken.row.is_some() {
+            to_claim.push(taken);
+        } else {
+            next.push(Next::Run(taken));
+        }
+    }
+    let claimed = claim_all(pool, consumer, bounds, &to_claim).await;
+    for (taken, outcome) in to_claim.into_iter().zip(claimed) {
+        next.push(after_claim(taken, outcome, policy));
+    }
+    next
+}
+
+/// What a claim's outcome means for its delivery.
+fn after_claim(taken: Taken, outcome: Result<ClaimOutcome, JobError>, policy: RetryPolicy) -> Next {
+    match outcome {
+        // Every delivery counts, also those whose worker died: past the budget, the job is
+        // given up even though this delivery could run it (a job that kills its worker).
+        Ok(ClaimOutcome::Claimed) if taken.job.attempt > policy.max_retries => {
+            let error = format!(
+                "given up: delivered {} times without an outcome (the worker running it died \
+                 or lost it each time)",
+                taken.job.attempt
+            );
+            Next::GiveUp(taken, error)
+        }
+        Ok(ClaimOutcome::Claimed) => Next::Run(taken),
+        Ok(ClaimOutcome::Finished) => {
+            tracing::info!(job_id = %taken.job.id, "row already final; redelivery ignored");
+            Next::Settle(taken.delivery, Settlement::Duplicate)
+        }
+        Ok(ClaimOutcome::Missing) => {
+            tracing::warn!(job_id = %taken.job.id, entry = %taken.delivery.entry_id,
+                "the job's row does not exist; job dropped");
+            Next::Settle(taken.delivery, Settlement::Dropped)
+        }
+        Ok(ClaimOutcome::HeldBy(holder)) => {
+            tracing::info!(job_id = %taken.job.id, holder = %holder,
+                "another delivery of the job is running it; this one dropped");
+            Next::Settle(taken.delivery, Settlement::Duplicate)
+        }
+        Err(error) => failed(taken, error, policy),
+    }
+}
+
+/// A failed attempt: retried later while retries are left and the failure is transient,
+/// else given up.
+pub fn failed(taken: Taken, error: JobError, policy: RetryPolicy) -> Next {
+    let attempts = taken.job.attempt + 1;
+    match error {
+        JobError::Transient(error) => match policy.delay_after(taken.job.attempt) {
+            Some(delay) => {
+                tracing::warn!(job_id = %taken.job.id, attempt = attempts, %error,
+                    retry_in_ms = delay.as_millis() as u64, "job failed; will retry");
+                let next = taken.job.next_attempt();
+                Next::Settle(taken.delivery, Settlement::Retry { next, delay })
+            }
+            None => Next::GiveUp(taken, format!("gave up after {attempts} attempts: {error}")),
+        },
+        JobError::Permanent(error) => Next::GiveUp(taken, error),
+    }
+}
+
+/// Claims the rows of `batch`: one transaction, one statement per tenant; a delivery whose row
+/// another, dead delivery still holds takes it over. On a failed batch, each on its own.
+async fn claim_all(
+    pool: &sqlx::PgPool,
+    consumer: &Consumer,
+    bounds: ClaimBounds,
+    batch: &[Taken],
+) -> Vec<Result<ClaimOutcome, JobError>> {
+    if batch.is_empty() {
+        return Vec::new();
+    }
+    let requests: Vec<ClaimRequest<'_>> = batch.iter().map(|t| request(t, None)).collect();
+    let mut outcomes = match claim_in_one(pool, bounds, batch, &requests).await {
+        Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+        Err(e) if batch.len() > 1 => {
+            tracing::warn!(error = %e, size = batch.len(), "claiming a batch failed; one by one");
+            join_all(
+                batch
+                    .iter()
+                    .zip(&requests)
+                    .map(|(taken, request)| async move {
+                        claim_in_one(
+                            pool,
+                            bounds,
+                            std::slice::from_ref(taken),
+                            std::slice::from_ref(request),
+                        )
+                        .await
+                        .map(|mut outcome| outcome.remove(0))
+                    }),
+            )
+            .await
+        }
+        Err(e) => vec![Err(e)],
+    };
+    // Rows held by another delivery: taken over when that delivery is no longer in flight
+    // (acknowledged, retried or requeued: its worker moved on or died).
+    let held: Vec<(usize, String)> = outcomes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, outcome)| match outcome {
+            Ok(ClaimOutcome::HeldBy(holder)) => Some((i, holder.clone())),
+            _ => None,
+        })
+        .collect();
+    if held.is_empty() {
+        return outcomes;
+    }
+    let holders: Vec<&str> = held.iter().map(|(_, holder)| holder.as_str()).collect();
+    let Ok(in_flight) = consumer.in_flight(&holders).await else {
+        return outcomes;
+    };
+    for ((i, holder), alive) in held.iter().zip(in_flight) {
+        if alive {
+            continue;
+        }
+        let taken = &batch[*i];
+        let takeover = [request(taken, Some(holder))];
+        outcomes[*i] = claim_in_one(pool, bounds, std::slice::from_ref(taken), &takeover)
+            .await
+            .map(|mut outcome| outcome.remove(0));
+    }
+    outcomes
+}
+
+fn request<'a>(taken: &'a Taken, takeover_from: Option<&'a str>) -> ClaimRequest<'a> {
+    let (id, _) = taken
+        .row
+        .as_ref()
+        .expect("only enhancement jobs are claimed");
+    ClaimRequest {
+        id: *id,
+        claim: &taken.delivery.entry_id,
+        takeover_from,
+    }
+}
+
+/// One transaction claiming `requests` (parallel to `batch`), tenant by tenant.
+async fn claim_in_one(
+    pool: &sqlx::PgPool,
+    bounds: ClaimBounds,
+    batch: &[Taken],
+    requests: &[ClaimRequest<'_>],
+) -> Result<Vec<ClaimOutcome>, JobError> {
+    let by_tenant = group_by_tenant(batch);
+    let mut outcomes = vec![ClaimOutcome::Missing; batch.len()];
+    let mut tx: Option<TenantTx> = None;
+    for (tenant, indexes) in &by_tenant {
+        let tx = match &mut tx {
+            Some(tx) => {
+                tx.switch_to(tenant).await?;
+                tx
+            }
+            // The claim is redone by a redelivery if a crash loses it: no disk flush needed.
+            None => tx.insert(
+                TenantTx::begin_unsynced_bounded(
+                    pool,
+                    tenant,
+                    bounds.statement_timeout,
+                    bounds.lock_timeout,
+                )
+                .await?,
+            ),
+        };
+        let part: Vec<ClaimRequest<'_>> = indexes.iter().map(|&i| requests[i]).collect();
+        for (&i, outcome) in indexes.iter().zip(enhancements::claim(tx, &part).await?) {
+            outcomes[i] = outcome;
+        }
+    }
+    if let Some(tx) = tx {
+        tx.commit().await?;
+    }
+    Ok(outcomes)
+}
+
+/// Indexes of `batch` by tenant (sorted, so concurrent batches lock in the same order).
+fn group_by_tenant(batch: &[Taken]) -> BTreeMap<TenantId, Vec<usize>> {
+    let mut groups: BTreeMap<TenantId, Vec<usize>> = BTreeMap::new();
+    for (i, taken) in batch.iter().enumerate() {
+        if let Some((_, tenant)) = &taken.row {
+            groups.entry(tenant.clone()).or_default().push(i);
+        }
+    }
+    groups
+}
+
+/// A job that ran, with its result.
+#[derive(Debug)]
+pub struct Finished {
+    /// The delivery and its job.
+    pub taken: Taken,
+    /// What the job produced, or why it failed.
+    pub result: Result<Output, JobError>,
+}
+
+/// Records the results of finished jobs: the completed enhancements in one transaction (each
+/// under its claim), then what each delivery becomes. A completion whose claim was lost is
+/// retried later, never acknowledged as done by this delivery.
+pub async fn record(
+    pool: &sqlx::PgPool,
+    policy: RetryPolicy,
+    finished: Vec<Finished>,
+) -> Vec<Next> {
+    let mut next = Vec::with_capacity(finished.len());
+    let mut completed = Vec::new();
+    for Finished { taken, result } in finished {
+        match result {
+            Ok(output @ Output::Enhanced { .. }) if taken.row.is_some() => {
+                completed.push((taken, output));
+            }
+            Ok(_) => next.push(Next::Settle(taken.delivery, Settlement::Completed)),
+            Err(error) => next.push(failed(taken, error, policy)),
+        }
+    }
+    if completed.is_empty() {
+        return next;
+    }
+    let recorded = match complete_in_one(pool, &completed).await {
+        Ok(recorded) => recorded.into_iter().map(Ok).collect(),
+        Err(e) if completed.len() > 1 => {
+            tracing::warn!(error = %e, size = completed.len(), "recording a batch failed; one by one");
+            join_all(completed.iter().map(|item| async move {
+                complete_in_one(pool, std::slice::from_ref(item))
+                    .await
+                    .map(|mut recorded| recorded.remove(0))
+            }))
+            .await
+        }
+        Err(e) => vec![Err(e)],
+    };
+    for ((taken, _), recorded) in completed.into_iter().zip(recorded) {
+        next.push(match recorded {
+            Ok(true) => Next::Settle(taken.delivery, Settlement::Completed),
+            Ok(false) => {
+                tracing::warn!(job_id = %taken.job.id, "the job's claim was lost before its result was recorded");
+                failed(taken, JobError::Transient("the claim on the row was lost".to_owned()), policy)
+            }
+            Err(error) => failed(taken, error, policy),
+        });
+    }
+    next
+}
+
+/// One transaction marking `items` completed, tenant by tenant; whether each was recorded.
+async fn complete_in_one(
+    pool: &sqlx::PgPool,
+    items: &[(Taken, Output)],
+) -> Result<Vec<bool>, JobError> {
+    let takens: Vec<Taken> = items.iter().map(|(t, _)| t.clone()).collect();
+    let by_tenant = group_by_tenant(&takens);
+    let mut recorded = vec![false; items.len()];
+    let mut tx: Option<TenantTx> = None;
+    for (tenant, indexes) in &by_tenant {
+        let tx = match &mut tx {
+            Some(tx) => {
+                tx.switch_to(tenant).await?;
+                tx
+            }
+            None => tx.insert(TenantTx::begin(pool, tenant).await?),
+        };
+        let part: Vec<Completion<'_>> = indexes
+            .iter()
+            .filter_map(|&i| {
+                let (taken, output) = &items[i];
+                let Output::Enhanced {
+                    context_gathered,
+                    llm_output,
+                    processing_time_ms,
+                } = output
+                else {
+                    return None;
+                };
+                let (id, _) = taken.row.as_ref()?;
+                Some(Completion {
+                    id: *id,
+                    claim: &taken.delivery.entry_id,
+                    processing_time_ms: *processing_time_ms,
+                    context_gathered,
+                    llm_output: llm_output.as_deref(),
+                })
+            })
+            .collect();
+        for (&i, done) in indexes.iter().zip(enhancements::complete(tx, &part).await?) {
+            recorded[i] = done;
+        }
+    }
+    if let Some(tx) = tx {
+        tx.commit().await?;
+    }
+    Ok(recorded)
+}
+
+/// Marks the row of a job given up `failed` with `error`, under its claim, retrying while the
+/// database is unavailable; the settlement for its delivery, or `None` when the failure could
+/// not be recorded (the delivery then stays unsettled and comes back after the reclaim time:
+/// its row must not stay unfinished for ever).
+pub async fn give_up(pool: &sqlx::PgPool, taken: &Taken, error: &str) -> Option<Settlement> {
+    let attempts = taken.job.attempt + 1;
+    tracing::error!(job_id = %taken.job.id, attempts, %error, "job failed for good");
+    let Some((id, tenant)) = &taken.row else {
+        return Some(Settlement::Dead {
+            error: error.to_owned(),
+            attempts,
+        });
+    };
+    let mark = || async {
+        let mut tx = TenantTx::begin(pool, tenant).await?;
+        let marked = enhancements::fail(&mut tx, *id, &taken.delivery.entry_id, error).await?;
+        tx.commit().await?;
+        Ok::<bool, JobError>(marked)
+    };
+    let marked = mark
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(500))
+                .with_max_times(5),
+        )
+        .when(|e| matches!(e, JobError::Transient(_)))
+        .await;
+    match marked {
+        Ok(true) => Some(Settlement::Dead {
+            error: error.to_owned(),
+            attempts,
+        }),
+        // Final already, gone, or another delivery's: not this delivery's to fail.
+        Ok(false) => Some(Settlement::Dropped),
+        Err(e) => {
+            tracing::error!(job_id = %taken.job.id, error = %e,
+                "cannot record the failure; the job will be redelivered");
+            None
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! The orphan sweeper: `pending` rows whose job was lost are queued again.
+//!
+//! The API commits a row, then queues its job; a process that dies between the two leaves a
+//! `pending` row without a job (contract section 6: "a `pending` row whose job was lost is
+//! queued again"). A row's job is always added to the stream after the row was last written,
+//! and stream ids are times, so a `pending` row untouched since before the oldest entry still
+//! in the stream (waiting or in flight) — by more than `AI_AGENTS_WORKER_ORPHAN_AFTER_SECS`, a
+//! margin for the gap between commit and `XADD` and for the clocks of PostgreSQL and Redis —
+//! cannot have a job in it. Such rows are touched (so the next sweep leaves them alone while
+//! their new job waits) and their job queued again. If the job was not lost after all, the
+//! second delivery finds the row claimed or final and is dropped (fencing), so a sweep never
+//! runs a job twice at once. One worker sweeps at a time (a lock key with a TTL).
+
+use std::{collections::BTreeMap, time::Duration};
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::retry::JobError;
+use crate::{
+    db::{
+        enhancements,
+        scope::{CrossTenantTx, TenantTx},
+    },
+    domain::TenantId,
+    queue::{Job, JobKind, Queue, QueueError},
+};
+
+/// Rows looked at per sweep.
+const SWEEP_LIMIT: i64 = 500;
+
+/// Why a sweep stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    /// Redis failed.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// PostgreSQL failed.
+    #[error(transparent)]
+    Database(#[from] JobError),
+}
+
+impl From<sqlx::Error> for SweepError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Database(e.into())
+    }
+}
+
+/// Queues again the jobs of orphaned `pending` rows, if this worker holds the sweep lock for
+/// the next `period`; returns how many.
+pub async fn sweep(
+    pool: &sqlx::PgPool,
+    queue: &Queue,
+    consumer: &str,
+    orphan_after: Duration,
+    period: Duration,
+) -> Result<u64, SweepError> {
+    if !take_lock(queue, consumer, period).await? {
+        return Ok(0);
+    }
+    let now_ms = queue.redis_now_ms().await?;
+    let oldest_ms = queue.oldest_entry_ms().await?.unwrap_or(now_ms).min(now_ms);
+    let margin = u64::try_from(orphan_after.as_millis()).unwrap_or(u64::MAX);
+    let cutoff_ms = i64::try_from(oldest_ms.saturating_sub(margin)).unwrap_or(0);
+    let Some(cutoff) = DateTime::<Utc>::from_timestamp_millis(cutoff_ms) else {
+        return Ok(0);
+    };
+    let mut tx = CrossTenantTx::begin(pool).await?;
+    let stale = enhancements::stale_pending(&mut tx, cutoff, SWEEP_LIMIT).await?;
+    tx.finish().await?;
+    let mut by_tenant: BTreeMap<String, Vec<Uuid>> = BTreeMap::new();
+    for (id, tenant) in stale {
+        by_tenant.entry(tenant).or_default().push(id);
+    }
+    let mut requeued = 0;
+    for (tenant, ids) in by_tenant {
+        let Ok(tenant) = TenantId::parse(&tenant) else {
+            continue;
+        };
+        let mut tx = TenantTx::begin(pool, &tenant).await?;
+        let touched = enhancements::touch_stale_pending(&mut tx, &ids, cutoff).await?;
+        tx.commit().await?;
+        for id in touched {
+            // A crash here leaves the row touched without a job: the next sweep after the
+            // margin finds it again.
+            queue
+                .enqueue(&Job::new(JobKind::Enhancement {
+                    enhancement_id: id,
+                    tenant_id: tenant.as_str().to_owned(),
+                }))
+                .await?;
+            tracing::warn!(enhancement_id = %id, tenant_id = %tenant, "pending row without a job: queued again");
+            requeued += 1;
+        }
+    }
+    Ok(requeued)
+}
+
+/// `SET lock consumer NX PX period`: whether this worker sweeps this time.
+async fn take_lock(queue: &Queue, consumer: &str, period: Duration) -> Result<bool, QueueError> {
+    let mut set = redis::cmd("SET");
+    set.arg(&queue.keys().sweep_lock)
+        .arg(consumer)
+        .arg("NX")
+        .arg("PX")
+        .arg(u64::try_from(period.as_millis()).unwrap_or(u64::MAX).max(1));
+    let taken: Option<String> = queue.redis().query(&set).await?;
+    Ok(taken.is_some())
+}
