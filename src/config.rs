@@ -10,7 +10,7 @@ use std::{collections::HashMap, fmt, net::SocketAddr, str::FromStr, time::Durati
 
 use envconfig::Envconfig;
 
-use crate::secret::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 /// Where the process runs; decides defaults and which secrets are mandatory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -424,8 +424,8 @@ impl Config {
             None => dev,
         };
 
-        let admin_token = non_empty(raw.admin_token).map(SecretString::new);
-        let encryption_key = non_empty(raw.encryption_key).map(SecretString::new);
+        let admin_token = non_empty(raw.admin_token).map(SecretString::from);
+        let encryption_key = non_empty(raw.encryption_key).map(SecretString::from);
         if requirements == Requirements::Api && !dev {
             if admin_token.is_none() {
                 return Err(ConfigError::new(
@@ -441,7 +441,7 @@ impl Config {
             }
         }
         if let Some(key) = &encryption_key {
-            crate::crypto::Cipher::from_base64(key.expose()).map_err(|_| {
+            crate::crypto::Cipher::from_base64(key.expose_secret()).map_err(|_| {
                 ConfigError::new(
                     "AI_AGENTS_ENCRYPTION_KEY",
                     "must be the base64 encoding of exactly 32 bytes",
@@ -455,14 +455,14 @@ impl Config {
             log_format,
             bind_addr,
             database: DatabaseConfig {
-                url: SecretString::new(database_url),
+                url: SecretString::from(database_url),
                 pool_size: raw.database_pool_size,
                 // A pool smaller than the default minimum simply keeps all its connections.
                 min_connections: raw.database_min_connections.min(raw.database_pool_size),
                 connect_timeout: Duration::from_secs(raw.database_connect_timeout_secs),
             },
             redis: RedisConfig {
-                url: SecretString::new(redis_url),
+                url: SecretString::from(redis_url),
                 max_connections: raw.redis_max_connections,
                 pool_timeout: Duration::from_secs(raw.redis_pool_timeout_secs),
                 queue_prefix: prefix,
@@ -538,7 +538,7 @@ mod tests {
         assert_eq!(config.environment, Environment::Development);
         assert_eq!(config.log_format, LogFormat::Pretty);
         assert!(config.run_migrations);
-        assert_eq!(config.database.url.expose(), DEV_DATABASE_URL);
+        assert_eq!(config.database.url.expose_secret(), DEV_DATABASE_URL);
         assert_eq!(config.database.pool_size, 20);
         assert_eq!(config.worker.concurrency, 4);
         assert_eq!(config.worker.retry_base, Duration::from_millis(2000));

@@ -13,7 +13,7 @@ use aes_gcm::{
 };
 use base64::{Engine, engine::general_purpose::STANDARD};
 
-use crate::secret::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 const VERSION_PREFIX: &str = "v1:";
 const NONCE_LEN: usize = 12;
@@ -58,7 +58,7 @@ impl Cipher {
         let nonce = Nonce::generate();
         let ciphertext = self
             .aead
-            .encrypt(&nonce, plaintext.expose().as_bytes())
+            .encrypt(&nonce, plaintext.expose_secret().as_bytes())
             .map_err(|_| CryptoError::Undecryptable)?;
         let mut packed = Vec::with_capacity(NONCE_LEN + ciphertext.len());
         packed.extend_from_slice(nonce.as_slice());
@@ -84,14 +84,14 @@ impl Cipher {
             .decrypt(&Nonce::from(nonce), ciphertext)
             .map_err(|_| CryptoError::Undecryptable)?;
         String::from_utf8(plaintext)
-            .map(SecretString::new)
+            .map(SecretString::from)
             .map_err(|_| CryptoError::Undecryptable)
     }
 }
 
 /// Generates a new random key, base64-encoded, as `AI_AGENTS_ENCRYPTION_KEY` expects.
 pub fn generate_key() -> SecretString {
-    SecretString::new(STANDARD.encode(Key::<Aes256Gcm>::generate().as_slice()))
+    SecretString::from(STANDARD.encode(Key::<Aes256Gcm>::generate().as_slice()))
 }
 
 /// Reads the development key from `path`, creating it (mode 0600) on first use.
@@ -100,7 +100,7 @@ pub fn generate_key() -> SecretString {
 /// today, so the generated key is kept in the git-ignored local directory.
 pub fn load_or_create_dev_key(path: &Path) -> io::Result<SecretString> {
     match fs::read_to_string(path) {
-        Ok(text) => return Ok(SecretString::new(text.trim())),
+        Ok(text) => return Ok(SecretString::from(text.trim())),
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
         Err(_) => {}
     }
@@ -114,12 +114,12 @@ pub fn load_or_create_dev_key(path: &Path) -> io::Result<SecretString> {
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     match options.open(path) {
         Ok(mut file) => {
-            io::Write::write_all(&mut file, key.expose().as_bytes())?;
+            io::Write::write_all(&mut file, key.expose_secret().as_bytes())?;
             Ok(key)
         }
         // Another process created it first: use theirs.
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            Ok(SecretString::new(fs::read_to_string(path)?.trim()))
+            Ok(SecretString::from(fs::read_to_string(path)?.trim()))
         }
         Err(e) => Err(e),
     }
@@ -130,25 +130,28 @@ mod tests {
     use super::*;
 
     fn cipher() -> Cipher {
-        Cipher::from_base64(generate_key().expose()).expect("generated key is valid")
+        Cipher::from_base64(generate_key().expose_secret()).expect("generated key is valid")
     }
 
     #[test]
     fn round_trips_and_randomises() {
         let cipher = cipher();
-        let secret = SecretString::new("api-key-123");
+        let secret = SecretString::from("api-key-123");
         let a = cipher.encrypt(&secret).expect("encrypt");
         let b = cipher.encrypt(&secret).expect("encrypt");
         assert_ne!(a, b, "random nonce per value");
         assert!(a.starts_with("v1:"));
         assert!(!a.contains("api-key-123"));
-        assert_eq!(cipher.decrypt(&a).expect("decrypt").expose(), "api-key-123");
+        assert_eq!(
+            cipher.decrypt(&a).expect("decrypt").expose_secret(),
+            "api-key-123"
+        );
     }
 
     #[test]
     fn rejects_tampering_and_other_keys() {
         let a = cipher();
-        let stored = a.encrypt(&SecretString::new("x")).expect("encrypt");
+        let stored = a.encrypt(&SecretString::from("x")).expect("encrypt");
         assert!(cipher().decrypt(&stored).is_err(), "another key");
         let mut tampered = stored.clone();
         tampered.pop();
@@ -170,8 +173,8 @@ mod tests {
         let path = dir.join("encryption.key");
         let first = load_or_create_dev_key(&path).expect("create");
         let second = load_or_create_dev_key(&path).expect("reuse");
-        assert_eq!(first, second);
-        assert!(Cipher::from_base64(first.expose()).is_ok());
+        assert_eq!(first.expose_secret(), second.expose_secret());
+        assert!(Cipher::from_base64(first.expose_secret()).is_ok());
         fs::remove_dir_all(dir).ok();
     }
 }

@@ -14,7 +14,6 @@ pub mod domain;
 pub mod healthcheck;
 pub mod metrics;
 pub mod queue;
-pub mod secret;
 pub mod shutdown;
 pub mod telemetry;
 pub mod worker;

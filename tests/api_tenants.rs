@@ -5,6 +5,7 @@ mod common;
 
 use common::{TestApp, assert_problem};
 use reqwest::Method;
+use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
 fn valid_body(tenant_id: &str) -> Value {
@@ -178,11 +179,11 @@ async fn secrets_never_leave_and_are_stored_encrypted() {
     assert_ne!(rows[0].1, rows[1].1);
     let cipher = ai_agents::crypto::Cipher::from_base64(common::TEST_KEY).unwrap();
     assert_eq!(
-        cipher.decrypt(&rows[0].1).unwrap().expose(),
+        cipher.decrypt(&rows[0].1).unwrap().expose_secret(),
         "sd-key-PLAINTEXT-1"
     );
     assert_eq!(
-        cipher.decrypt(&rows[0].2).unwrap().expose(),
+        cipher.decrypt(&rows[0].2).unwrap().expose_secret(),
         "wh-secret-PLAINTEXT-2"
     );
 }

@@ -7,7 +7,7 @@ use poem::Request;
 use poem_openapi::{SecurityScheme, auth::Bearer};
 use subtle::ConstantTimeEq;
 
-use crate::secret::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 /// The configured admin token, stored in the request data by the router.
 #[derive(Clone)]
@@ -23,7 +23,7 @@ async fn check_token(req: &Request, bearer: Bearer) -> Option<()> {
     let matches: bool = bearer
         .token
         .as_bytes()
-        .ct_eq(expected.0.expose().as_bytes())
+        .ct_eq(expected.0.expose_secret().as_bytes())
         .into();
     matches.then_some(())
 }

@@ -24,6 +24,7 @@ use poem::{
     middleware::{CatchPanic, SetHeader},
 };
 use poem_openapi::OpenApiService;
+use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
 
 use crate::{
@@ -31,7 +32,6 @@ use crate::{
     crypto::Cipher,
     db,
     queue::{Queue, RedisPool},
-    secret::SecretString,
 };
 
 /// What every handler needs, cheap to clone.
@@ -129,10 +129,10 @@ impl Application {
             None => crate::crypto::load_or_create_dev_key(&dev_key_path())
                 .map_err(StartupError::DevKey)?,
         };
-        let cipher = Cipher::from_base64(key.expose()).map_err(|_| StartupError::Key)?;
+        let cipher = Cipher::from_base64(key.expose_secret()).map_err(|_| StartupError::Key)?;
         let admin_token = match &config.admin_token {
             Some(token) => {
-                if token.expose().len() < 16 {
+                if token.expose_secret().len() < 16 {
                     tracing::warn!(
                         "AI_AGENTS_ADMIN_TOKEN is shorter than 16 characters; use a long random token"
                     );
@@ -149,7 +149,7 @@ impl Application {
                 eprintln!(
                     "AI_AGENTS_ADMIN_TOKEN is not set; this development server accepts: Bearer {token}"
                 );
-                SecretString::new(token)
+                SecretString::from(token)
             }
         };
 

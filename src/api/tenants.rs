@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use poem_openapi::{ApiResponse, Object, OpenApi, Tags, param::Path, param::Query, payload::Json};
+use secrecy::SecretString;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -23,7 +24,6 @@ use crate::{
         tenants::{self, NewTenant, TenantChanges, TenantRow, UNIQUE_TENANT_ID},
     },
     domain::{ServiceDeskUrl, TenantId, TenantName, storable_json},
-    secret::SecretString,
 };
 
 #[derive(Tags)]
@@ -154,7 +154,7 @@ impl TenantsApi {
     fn encrypt(&self, value: impl Into<String>) -> Result<String, ApiError> {
         self.state
             .cipher
-            .encrypt(&SecretString::new(value))
+            .encrypt(&SecretString::from(value.into()))
             .map_err(|_| ApiError::internal())
     }
 }

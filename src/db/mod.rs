@@ -11,6 +11,7 @@ pub mod tenants;
 
 use std::{str::FromStr, time::Duration};
 
+use secrecy::ExposeSecret;
 use sqlx::{
     ConnectOptions, PgPool,
     migrate::{MigrateError, Migrator},
@@ -35,7 +36,7 @@ pub enum DbSetupError {
 
 /// Builds the pool without connecting; connections open on first use.
 pub fn connect_lazy(config: &DatabaseConfig) -> Result<PgPool, DbSetupError> {
-    let options = PgConnectOptions::from_str(config.url.expose())
+    let options = PgConnectOptions::from_str(config.url.expose_secret())
         .map_err(|_| DbSetupError::BadUrl)?
         .application_name("ai-agents")
         // Statement logging at INFO would flood the logs and can echo tenant data.
