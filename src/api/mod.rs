@@ -29,7 +29,7 @@ use sqlx::PgPool;
 
 use crate::{
     config::{Config, DatabaseConfig},
-    crypto::Cipher,
+    crypto::Keyring,
     db,
     queue::{Queue, RedisPool},
 };
@@ -41,8 +41,8 @@ pub struct AppState {
     pub pool: PgPool,
     /// The job queue.
     pub queue: Queue,
-    /// Encrypts tenant secrets.
-    pub cipher: Arc<Cipher>,
+    /// Seals tenant secrets (bound to their tenant and field).
+    pub keyring: Arc<Keyring>,
 }
 
 /// Why the API could not start. Messages never contain secrets.
@@ -63,12 +63,9 @@ pub enum StartupError {
     /// The Redis URL is unusable.
     #[error("AI_AGENTS_REDIS_URL is not usable")]
     Redis(#[source] redis::RedisError),
-    /// The encryption key is unusable.
-    #[error("AI_AGENTS_ENCRYPTION_KEY is not usable")]
-    Key,
-    /// The development key file could not be read or written.
-    #[error("cannot read or create the development encryption key in .dev/")]
-    DevKey(#[source] std::io::Error),
+    /// The encryption keys are unusable, or the development key cannot be read.
+    #[error(transparent)]
+    Keys(#[from] crate::crypto::LoadError),
 }
 
 /// A built, bound, not yet serving API.
@@ -85,16 +82,6 @@ pub const REQUEST_DB_WAIT: Duration = Duration::from_secs(3);
 
 /// Most requests served at once; more get an immediate 503 instead of queueing without bound.
 pub const MAX_CONCURRENT_REQUESTS: usize = 1024;
-
-/// Where the development encryption key is kept.
-fn dev_key_path() -> std::path::PathBuf {
-    std::env::var_os("AI_AGENTS_DEV_DIR")
-        .map_or_else(
-            || std::path::PathBuf::from(".dev"),
-            std::path::PathBuf::from,
-        )
-        .join("encryption.key")
-}
 
 impl Application {
     /// Creates pools, applies migrations if configured, binds the listener.
@@ -124,12 +111,7 @@ impl Application {
             );
         }
 
-        let key = match &config.encryption_key {
-            Some(key) => key.clone(),
-            None => crate::crypto::load_or_create_dev_key(&dev_key_path())
-                .map_err(StartupError::DevKey)?,
-        };
-        let cipher = Cipher::from_base64(key.expose_secret()).map_err(|_| StartupError::Key)?;
+        let keyring = Keyring::load(config.encryption_key.as_ref(), &config.encryption_old_keys)?;
         let admin_token = match &config.admin_token {
             Some(token) => {
                 if token.expose_secret().len() < 16 {
@@ -172,7 +154,7 @@ impl Application {
             state: AppState {
                 pool,
                 queue,
-                cipher: Arc::new(cipher),
+                keyring: Arc::new(keyring),
             },
             admin_token,
             config,

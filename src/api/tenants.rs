@@ -19,6 +19,7 @@ use super::{
     text::{HttpUrl, Line, Slug, Text},
 };
 use crate::{
+    crypto::{Binding, SecretField},
     db::{
         scope::{CrossTenantTx, TenantTx},
         tenants::{self, NewTenant, TenantChanges, TenantRow, UNIQUE_TENANT_ID},
@@ -151,10 +152,16 @@ fn path_tenant(raw: &str) -> Result<TenantId, ApiError> {
 }
 
 impl TenantsApi {
-    fn encrypt(&self, value: impl Into<String>) -> Result<String, ApiError> {
+    /// Seals `value` for `tenant`'s `field`: the ciphertext opens in that row and column only.
+    fn encrypt(
+        &self,
+        tenant: &TenantId,
+        field: SecretField,
+        value: impl Into<String>,
+    ) -> Result<String, ApiError> {
         self.state
-            .cipher
-            .encrypt(&SecretString::from(value.into()))
+            .keyring
+            .encrypt(&SecretString::from(value.into()), Binding { tenant, field })
             .map_err(|_| ApiError::internal())
     }
 }
@@ -172,8 +179,16 @@ impl TenantsApi {
         let tenant = TenantId::parse(body.tenant_id.as_ref())?;
         let name = TenantName::parse(body.name.as_ref())?;
         let url = ServiceDeskUrl::parse(body.servicedesk_url.as_ref())?;
-        let api_key = self.encrypt(body.servicedesk_api_key.into_inner())?;
-        let webhook = self.encrypt(body.webhook_signing_secret.into_inner())?;
+        let api_key = self.encrypt(
+            &tenant,
+            SecretField::ServicedeskApiKey,
+            body.servicedesk_api_key,
+        )?;
+        let webhook = self.encrypt(
+            &tenant,
+            SecretField::WebhookSigningSecret,
+            body.webhook_signing_secret,
+        )?;
         let preferences = Value::Object(body.enhancement_preferences.into_iter().collect());
         storable_json("enhancement_preferences", &preferences)?;
         let mut tx = TenantTx::begin(&self.state.pool, &tenant).await?;
@@ -271,11 +286,11 @@ impl TenantsApi {
             .transpose()?;
         let api_key = body
             .servicedesk_api_key
-            .map(|v| self.encrypt(v))
+            .map(|v| self.encrypt(&tenant, SecretField::ServicedeskApiKey, v))
             .transpose()?;
         let webhook = body
             .webhook_signing_secret
-            .map(|v| self.encrypt(v))
+            .map(|v| self.encrypt(&tenant, SecretField::WebhookSigningSecret, v))
             .transpose()?;
         let preferences = body
             .enhancement_preferences
