@@ -169,14 +169,15 @@ fn summary_line(mode: Mode, summary: &Summary, keyring: &Keyring) -> String {
         rotated,
     } = *summary;
     match mode {
-        Mode::Verify if outdated > 0 => format!(
-            "{}: {checked} checked, {failed} failed, {outdated} not yet under the current key \
-             {key} (run `ai-agents-api secrets rotate`)",
-            mode.name()
-        ),
         Mode::Verify => format!(
-            "{}: {checked} checked, {failed} failed, all others under the current key {key}",
-            mode.name()
+            "{}: {checked} checked, {failed} failed, {outdated} not yet under the current key \
+             {key}{}",
+            mode.name(),
+            if outdated > 0 {
+                " (run `ai-agents-api secrets rotate`)"
+            } else {
+                ""
+            }
         ),
         Mode::Rotate => format!(
             "{}: {checked} checked, {rotated} re-encrypted under the current key {key}, \

@@ -205,7 +205,7 @@ async fn a_ciphertext_moved_to_another_row_is_detected() {
             "failed: tenant `globex`, field servicedesk_api_key: does not authenticate: it was \
              sealed for another row or field, or altered",
             &format!(
-                "secrets verify: 4 checked, 1 failed, all others under the current key {}",
+                "secrets verify: 4 checked, 1 failed, 0 not yet under the current key {}",
                 keys.current_key_id()
             ),
         ]
@@ -273,7 +273,9 @@ async fn rotation_moves_every_secret_to_the_new_key_once() {
     let new_only = secrets(&app.db, "verify", NEW_KEY, &[]).await;
     assert_eq!(new_only.code, 0, "{}{}", new_only.stdout, new_only.stderr);
     assert!(
-        new_only.summary().contains("4 checked, 0 failed"),
+        new_only
+            .summary()
+            .contains("4 checked, 0 failed, 0 not yet under the current key"),
         "{}",
         new_only.stdout
     );
@@ -383,6 +385,13 @@ async fn legacy_v1_values_are_read_and_rotated_in_pages() {
     );
     let new_only = secrets(&db, "verify", NEW_KEY, &[]).await;
     assert_eq!(new_only.code, 0, "{}", new_only.stdout);
+    assert!(
+        new_only
+            .summary()
+            .contains("260 checked, 0 failed, 0 not yet under the current key"),
+        "{}",
+        new_only.stdout
+    );
     let keys = keyring(NEW_KEY, &[]);
     for id in [&ids[0], &ids[129]] {
         assert_eq!(
