@@ -20,7 +20,9 @@
 # - Roles as in production: `ai_agents_owner` owns the database and runs migrations
 #   (CREATEDB here so tests can make throwaway databases), `ai_agents_app` is what the API
 #   and worker use; neither is superuser nor BYPASSRLS, so row-level security is tested
-#   for real. The passwords are fixed development passwords, never used elsewhere.
+#   for real. The app role may only read what the owner creates (the migration history
+#   included); migrations grant it writes on their tables. The passwords are fixed
+#   development passwords, never used elsewhere.
 #
 # Environment:
 #   AI_AGENTS_DEV_DIR         state directory (default: <repo>/.dev)
@@ -344,12 +346,20 @@ SELECT format('CREATE DATABASE %I OWNER %I', '$DB_NAME', '$OWNER_ROLE')
   WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '$DB_NAME')
 \gexec
 SQL
+  # As k8s/postgres/init-roles.sh: what the owner creates is read-only for the app role (so
+  # _sqlx_migrations is), and each migration grants writes on its own tables. The REVOKEs
+  # bring a data directory made by an older version of this script in line.
   psql_admin -d "$DB_NAME" <<SQL
 GRANT USAGE ON SCHEMA public TO $APP_ROLE;
 ALTER DEFAULT PRIVILEGES FOR ROLE $OWNER_ROLE IN SCHEMA public
-  GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO $APP_ROLE;
+  REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON TABLES FROM $APP_ROLE;
+ALTER DEFAULT PRIVILEGES FOR ROLE $OWNER_ROLE IN SCHEMA public
+  GRANT SELECT ON TABLES TO $APP_ROLE;
 ALTER DEFAULT PRIVILEGES FOR ROLE $OWNER_ROLE IN SCHEMA public
   GRANT USAGE, SELECT ON SEQUENCES TO $APP_ROLE;
+SELECT 'REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON public._sqlx_migrations FROM $APP_ROLE'
+  WHERE to_regclass('public._sqlx_migrations') IS NOT NULL
+\gexec
 SQL
 }
 

@@ -10,7 +10,9 @@ use std::{collections::HashMap, fmt, net::SocketAddr, str::FromStr, time::Durati
 
 use envconfig::Envconfig;
 
-use crate::secret::SecretString;
+use secrecy::SecretString;
+
+use crate::crypto::KeyError;
 
 /// Where the process runs; decides defaults and which secrets are mandatory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +129,8 @@ struct RawConfig {
     admin_token: Option<String>,
     #[envconfig(from = "AI_AGENTS_ENCRYPTION_KEY")]
     encryption_key: Option<String>,
+    #[envconfig(from = "AI_AGENTS_ENCRYPTION_OLD_KEYS")]
+    encryption_old_keys: Option<String>,
     #[envconfig(from = "AI_AGENTS_WORKER_CONCURRENCY", default = "4")]
     worker_concurrency: usize,
     #[envconfig(from = "AI_AGENTS_WORKER_MAX_RETRIES", default = "3")]
@@ -273,8 +277,11 @@ pub struct Config {
     pub run_migrations: bool,
     /// Bearer token for `/api/v1`; `None` only in development (one is then generated).
     pub admin_token: Option<SecretString>,
-    /// Base64 of the 32-byte AES key; `None` only in development (one is then generated).
+    /// Base64 of the 32-byte AES key that seals new secrets; `None` only in development (one
+    /// is then generated).
     pub encryption_key: Option<SecretString>,
+    /// Keys that still open what they sealed, during a key rotation (base64, each checked).
+    pub encryption_old_keys: Vec<SecretString>,
     /// Worker settings.
     pub worker: WorkerConfig,
     /// How long in-flight work may take to finish after SIGTERM.
@@ -315,11 +322,20 @@ pub enum Requirements {
     Healthcheck,
     /// `ai-agents-worker ping`: the Redis URL.
     Ping,
+    /// `ai-agents-api secrets verify|rotate`: the database URL and the encryption key.
+    Secrets,
 }
 
 impl Requirements {
     fn database(self) -> bool {
-        matches!(self, Self::Api | Self::Worker | Self::Migrate)
+        matches!(
+            self,
+            Self::Api | Self::Worker | Self::Migrate | Self::Secrets
+        )
+    }
+
+    fn encryption_key(self) -> bool {
+        matches!(self, Self::Api | Self::Secrets)
     }
 
     fn redis(self) -> bool {
@@ -498,30 +514,46 @@ impl Config {
             None => dev,
         };
 
-        let admin_token = non_empty(raw.admin_token).map(SecretString::new);
-        let encryption_key = non_empty(raw.encryption_key).map(SecretString::new);
-        if requirements == Requirements::Api && !dev {
-            if admin_token.is_none() {
-                return Err(ConfigError::new(
-                    "AI_AGENTS_ADMIN_TOKEN",
-                    "is required outside development",
-                ));
-            }
-            if encryption_key.is_none() {
-                return Err(ConfigError::new(
-                    "AI_AGENTS_ENCRYPTION_KEY",
-                    "is required outside development",
-                ));
-            }
+        let admin_token = non_empty(raw.admin_token).map(SecretString::from);
+        let encryption_key = non_empty(raw.encryption_key).map(SecretString::from);
+        if requirements == Requirements::Api && !dev && admin_token.is_none() {
+            return Err(ConfigError::new(
+                "AI_AGENTS_ADMIN_TOKEN",
+                "is required outside development",
+            ));
         }
-        if let Some(key) = &encryption_key {
-            crate::crypto::Cipher::from_base64(key.expose()).map_err(|_| {
-                ConfigError::new(
+        if requirements.encryption_key() && !dev && encryption_key.is_none() {
+            return Err(ConfigError::new(
+                "AI_AGENTS_ENCRYPTION_KEY",
+                "is required outside development",
+            ));
+        }
+        // Comma-separated; empty entries (a trailing comma) are ignored.
+        let encryption_old_keys: Vec<SecretString> = (raw.encryption_old_keys.as_deref())
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|key| !key.is_empty())
+            .map(SecretString::from)
+            .collect();
+        crate::crypto::Keyring::check(encryption_key.as_ref(), &encryption_old_keys).map_err(
+            |e| match e {
+                KeyError::Current => ConfigError::new(
                     "AI_AGENTS_ENCRYPTION_KEY",
                     "must be the base64 encoding of exactly 32 bytes",
-                )
-            })?;
-        }
+                ),
+                KeyError::Old { position } => ConfigError::new(
+                    "AI_AGENTS_ENCRYPTION_OLD_KEYS",
+                    format!(
+                        "key number {position} must be the base64 encoding of exactly 32 bytes"
+                    ),
+                ),
+                KeyError::Duplicate => ConfigError::new(
+                    "AI_AGENTS_ENCRYPTION_OLD_KEYS",
+                    "must not repeat a key, nor contain AI_AGENTS_ENCRYPTION_KEY",
+                ),
+            },
+        )?;
 
         Ok(Self {
             environment: env,
@@ -529,7 +561,7 @@ impl Config {
             log_format,
             bind_addr,
             database: DatabaseConfig {
-                url: SecretString::new(database_url),
+                url: SecretString::from(database_url),
                 pool_size: raw.database_pool_size,
                 // A pool smaller than the default minimum simply keeps all its connections.
                 min_connections: raw.database_min_connections.min(raw.database_pool_size),
@@ -537,7 +569,7 @@ impl Config {
                 session_limits,
             },
             redis: RedisConfig {
-                url: SecretString::new(redis_url),
+                url: SecretString::from(redis_url),
                 max_connections: raw.redis_max_connections,
                 pool_timeout: Duration::from_secs(raw.redis_pool_timeout_secs),
                 queue_prefix: prefix,
@@ -545,6 +577,7 @@ impl Config {
             run_migrations,
             admin_token,
             encryption_key,
+            encryption_old_keys,
             worker: WorkerConfig {
                 concurrency: raw.worker_concurrency,
                 max_retries: raw.worker_max_retries,
@@ -630,6 +663,8 @@ fn positive(variable: &'static str, value: u64) -> Result<(), ConfigError> {
 
 #[cfg(test)]
 mod tests {
+    use secrecy::ExposeSecret;
+
     use super::*;
 
     fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
@@ -664,7 +699,7 @@ mod tests {
         assert_eq!(config.environment, Environment::Development);
         assert_eq!(config.log_format, LogFormat::Pretty);
         assert!(config.run_migrations);
-        assert_eq!(config.database.url.expose(), DEV_DATABASE_URL);
+        assert_eq!(config.database.url.expose_secret(), DEV_DATABASE_URL);
         assert_eq!(config.database.pool_size, 20);
         assert_eq!(config.worker.concurrency, 4);
         assert_eq!(config.worker.retry_base, Duration::from_millis(2000));
@@ -761,6 +796,48 @@ mod tests {
             Requirements::Ping,
         );
         assert_eq!(error.variable, "AI_AGENTS_REDIS_URL");
+    }
+
+    #[test]
+    fn old_encryption_keys_are_checked_without_echoing_them() {
+        const OTHER: &str = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
+        let with_old = |old: &str| {
+            let mut pairs = production();
+            pairs.push(("AI_AGENTS_ENCRYPTION_OLD_KEYS", old));
+            vars(&pairs)
+        };
+        let config = Config::from_map(&with_old(&format!(" {OTHER} ,")), Requirements::Api)
+            .expect("one old key, a trailing comma");
+        assert_eq!(config.encryption_old_keys.len(), 1);
+        assert_eq!(config.encryption_old_keys[0].expose_secret(), OTHER);
+        for (old, reason) in [
+            (format!("{OTHER},secret-not-a-key"), "key number 2"),
+            (format!("{OTHER},{OTHER}"), "repeat"),
+            (KEY.to_owned(), "repeat"),
+        ] {
+            let error = match Config::from_map(&with_old(&old), Requirements::Api) {
+                Ok(_) => panic!("{reason}: accepted"),
+                Err(e) => e,
+            };
+            assert_eq!(error.variable, "AI_AGENTS_ENCRYPTION_OLD_KEYS");
+            let text = error.to_string();
+            assert!(text.contains(reason), "{text}");
+            assert!(!text.contains("secret") && !text.contains(OTHER), "{text}");
+        }
+    }
+
+    #[test]
+    fn secrets_subcommands_need_the_database_and_the_key_only() {
+        let pairs = [
+            ("AI_AGENTS_ENVIRONMENT", "production"),
+            ("AI_AGENTS_DATABASE_URL", "postgres://u:p@db/x"),
+            ("AI_AGENTS_ENCRYPTION_KEY", KEY),
+        ];
+        assert!(Config::from_map(&vars(&pairs), Requirements::Secrets).is_ok());
+        for missing in ["AI_AGENTS_DATABASE_URL", "AI_AGENTS_ENCRYPTION_KEY"] {
+            let rest: Vec<_> = pairs.into_iter().filter(|(k, _)| *k != missing).collect();
+            assert_eq!(error_of(&rest, Requirements::Secrets).variable, missing);
+        }
     }
 
     #[test]

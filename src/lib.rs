@@ -3,8 +3,9 @@
 //! A request enters through [`api`] (HTTP, poem-openapi), is stored by [`db`] in PostgreSQL
 //! under row-level security and queued by [`queue`] in Redis; a job leaves the queue in
 //! [`worker`], which processes it with retries and acknowledges it only once its result is
-//! stored. [`config`] and [`telemetry`] serve both binaries, whose thin entry points live in
-//! `src/bin/`.
+//! stored. Tenant secrets are sealed by [`crypto`] and checked or re-encrypted by
+//! [`secrets_admin`] (`ai-agents-api secrets verify|rotate`). [`config`] and [`telemetry`] serve
+//! both binaries, whose thin entry points live in `src/bin/`.
 
 pub mod api;
 pub mod config;
@@ -15,7 +16,7 @@ pub mod healthcheck;
 pub mod metrics;
 pub mod os;
 pub mod queue;
-pub mod secret;
+pub mod secrets_admin;
 pub mod shutdown;
 pub mod telemetry;
 pub mod worker;

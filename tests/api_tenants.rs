@@ -3,8 +3,13 @@
 
 mod common;
 
+use ai_agents::{
+    crypto::{Binding, Keyring, SecretField},
+    domain::TenantId,
+};
 use common::{TestApp, assert_problem};
 use reqwest::Method;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
 fn valid_body(tenant_id: &str) -> Value {
@@ -170,19 +175,29 @@ async fn secrets_never_leave_and_are_stored_encrypted() {
     .await
     .unwrap();
     assert_eq!(rows.len(), 2);
+    let keyring = Keyring::new(&SecretString::from(common::TEST_KEY), &[]).unwrap();
+    let tagged = format!("v2:{}:", keyring.current_key_id());
     for (_, key, secret) in &rows {
-        assert!(key.starts_with("v1:") && secret.starts_with("v1:"));
+        assert!(key.starts_with(&tagged) && secret.starts_with(&tagged));
         assert!(!key.contains("PLAINTEXT") && !secret.contains("PLAINTEXT"));
     }
     // The same plaintext was sent for both tenants: the ciphertexts still differ.
     assert_ne!(rows[0].1, rows[1].1);
-    let cipher = ai_agents::crypto::Cipher::from_base64(common::TEST_KEY).unwrap();
+    let s1 = TenantId::parse("s1").unwrap();
+    let open = |stored: &str, field| {
+        keyring
+            .decrypt(stored, Binding { tenant: &s1, field })
+            .unwrap()
+            .secret
+            .expose_secret()
+            .to_owned()
+    };
     assert_eq!(
-        cipher.decrypt(&rows[0].1).unwrap().expose(),
+        open(&rows[0].1, SecretField::ServicedeskApiKey),
         "sd-key-PLAINTEXT-1"
     );
     assert_eq!(
-        cipher.decrypt(&rows[0].2).unwrap().expose(),
+        open(&rows[0].2, SecretField::WebhookSigningSecret),
         "wh-secret-PLAINTEXT-2"
     );
 }

@@ -51,6 +51,8 @@ async fn configuration_errors_name_the_variable_and_hide_the_value() {
         ("AI_AGENTS_ADMIN_TOKEN", None),
         ("AI_AGENTS_ENCRYPTION_KEY", None),
         ("AI_AGENTS_ENCRYPTION_KEY", Some("sekrit-not-base64")),
+        ("AI_AGENTS_ENCRYPTION_OLD_KEYS", Some("sekrit-not-base64")),
+        ("AI_AGENTS_ENCRYPTION_OLD_KEYS", Some(common::TEST_KEY)),
         ("AI_AGENTS_DATABASE_URL", None),
         ("AI_AGENTS_DATABASE_URL", Some("mysql://root:sekrit@db/x")),
         ("AI_AGENTS_BIND_ADDR", Some("sekrit")),

@@ -116,6 +116,65 @@ async fn roles_are_not_privileged() {
     }
 }
 
+/// The privileges that the deployment's role set-up gives (`nix/dev-services.sh` made the
+/// database these tests run against, `k8s/postgres/init-roles.sh` the one of CI): a table the
+/// owner creates, as sqlx creates `_sqlx_migrations`, is only readable by the application role.
+#[tokio::test]
+async fn provisioned_database_gives_the_app_role_read_only_new_tables() {
+    let mut owner = PgConnection::connect(&common::owner_url()).await.unwrap();
+    let mut tx = owner.begin().await.unwrap();
+    let table = format!("acl_probe_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE public.{table} (x int)"
+    )))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    let mut granted = Vec::new();
+    for privilege in ["SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE"] {
+        let has: bool = sqlx::query_scalar("SELECT has_table_privilege($1, $2, $3)")
+            .bind(common::app_role())
+            .bind(format!("public.{table}"))
+            .bind(privilege)
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        if has {
+            granted.push(privilege);
+        }
+    }
+    tx.rollback().await.unwrap();
+    assert_eq!(granted, ["SELECT"]);
+}
+
+/// Stolen application credentials cannot make migrations re-run or break (contract §7).
+#[tokio::test]
+async fn app_role_cannot_change_the_migration_history() {
+    let db = TestDb::new().await;
+    let mut app = PgConnection::connect(&db.app_url).await.unwrap();
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(&mut app)
+        .await
+        .unwrap();
+    assert!(applied > 0, "the history is readable");
+    for statement in [
+        "UPDATE _sqlx_migrations SET checksum = '\\x00'::bytea",
+        "DELETE FROM _sqlx_migrations",
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (1, 'forged', true, '\\x00'::bytea, 0)",
+        "TRUNCATE _sqlx_migrations",
+    ] {
+        let error = sqlx::query(statement).execute(&mut app).await.unwrap_err();
+        let code = error.as_database_error().and_then(|e| e.code());
+        assert_eq!(code.as_deref(), Some("42501"), "{statement}: {error}");
+    }
+    let after: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(&mut app)
+        .await
+        .unwrap();
+    assert_eq!(after, applied);
+}
+
 async fn insert_tenant(conn: &mut PgConnection, tenant: &str) -> Result<(), sqlx::Error> {
     let mut tx = conn.begin().await?;
     sqlx::query("SELECT set_config('app.current_tenant_id', $1, true)")

@@ -7,15 +7,17 @@
 #   - CI runs it against its postgres:17 service container (PGHOST/PGPASSWORD set).
 # The official image runs it once, on an empty data directory, as the superuser
 # ($POSTGRES_USER) over the Unix socket. Running it again is harmless: it creates what is
-# missing and resets the two passwords.
+# missing, resets the two passwords and brings the privileges in line.
 #
 # Roles (cluster-wide, so they belong to the deployment, not to the migrations):
 #   ai_agents_owner  LOGIN, not superuser, no BYPASSRLS; owns database ai_agents and runs the
 #                    migrations (`ai-agents-api migrate`). CREATEDB only if
 #                    AI_AGENTS_OWNER_CREATEDB=true (CI: the tests create throwaway databases).
 #   ai_agents_app    LOGIN, not superuser, no BYPASSRLS, owns nothing: the role of the API and
-#                    the worker. It gets SELECT/INSERT/UPDATE/DELETE on the tables the owner
-#                    creates through ALTER DEFAULT PRIVILEGES.
+#                    the worker. ALTER DEFAULT PRIVILEGES gives it SELECT, and only SELECT, on
+#                    the tables the owner creates: the migration history (_sqlx_migrations)
+#                    stays read-only, so stolen app credentials cannot make migrations re-run
+#                    or break. Each migration grants INSERT/UPDATE/DELETE on its own tables.
 #
 # Environment (passwords are read by psql's \getenv: they never appear in a command line or
 # in the SQL text):
@@ -73,17 +75,22 @@ REVOKE ALL ON DATABASE ai_agents FROM PUBLIC;
 GRANT CONNECT, TEMPORARY ON DATABASE ai_agents TO ai_agents_app;
 SQL
 
-# Privileges inside the database: the app role may use what the owner creates in `public`,
+# Privileges inside the database: the app role may read what the owner creates in `public`,
 # now and later (default privileges are keyed on the creating role: the migrations run as
-# ai_agents_owner).
+# ai_agents_owner); writes come from the migrations' own GRANTs. The REVOKEs bring a database
+# set up by an older version of this script in line when it is run again.
 psql_super --dbname ai_agents <<'SQL'
 ALTER SCHEMA public OWNER TO ai_agents_owner;
 REVOKE CREATE ON SCHEMA public FROM PUBLIC;
 GRANT USAGE ON SCHEMA public TO ai_agents_app;
 ALTER DEFAULT PRIVILEGES FOR ROLE ai_agents_owner IN SCHEMA public
-    GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO ai_agents_app;
+    REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON TABLES FROM ai_agents_app;
+ALTER DEFAULT PRIVILEGES FOR ROLE ai_agents_owner IN SCHEMA public
+    GRANT SELECT ON TABLES TO ai_agents_app;
 ALTER DEFAULT PRIVILEGES FOR ROLE ai_agents_owner IN SCHEMA public
     GRANT USAGE, SELECT ON SEQUENCES TO ai_agents_app;
+SELECT 'REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON public._sqlx_migrations FROM ai_agents_app'
+WHERE to_regclass('public._sqlx_migrations') IS NOT NULL \gexec
 SQL
 
 echo "init-roles: roles ai_agents_owner, ai_agents_app and database ai_agents are ready"

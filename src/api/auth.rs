@@ -10,7 +10,7 @@ use poem::Request;
 use poem_openapi::{SecurityScheme, auth::Bearer};
 use subtle::ConstantTimeEq;
 
-use crate::secret::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 /// The configured admin token, stored in the request data by the router.
 #[derive(Clone)]
@@ -30,7 +30,7 @@ async fn check_token(req: &Request, bearer: Bearer) -> Option<()> {
 pub fn token_matches(presented: &str, expected: &SecretString) -> bool {
     presented
         .as_bytes()
-        .ct_eq(expected.expose().as_bytes())
+        .ct_eq(expected.expose_secret().as_bytes())
         .into()
 }
 
@@ -54,7 +54,7 @@ mod tests {
         assert_eq!(bearer_token("Basic abc"), None);
         assert_eq!(bearer_token("Bearer "), None);
         assert_eq!(bearer_token("Bearer"), None);
-        let token = SecretString::new("s3cret".to_owned());
+        let token = SecretString::from("s3cret".to_owned());
         assert!(token_matches("s3cret", &token));
         assert!(!token_matches("s3cre", &token));
     }

@@ -33,7 +33,7 @@ use super::{
     auth,
     problem::{Problem, RETRY_AFTER_SECS},
 };
-use crate::secret::SecretString;
+use secrecy::SecretString;
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;

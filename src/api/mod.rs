@@ -24,16 +24,16 @@ use poem::{
     middleware::{CatchPanic, SetHeader},
 };
 use poem_openapi::OpenApiService;
+use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::{Config, DatabaseConfig},
-    crypto::Cipher,
+    crypto::Keyring,
     db,
     queue::{Queue, RedisPool},
-    secret::SecretString,
 };
 
 /// What every handler needs, cheap to clone.
@@ -49,8 +49,8 @@ pub struct AppState {
     pub allow_internal_urls: bool,
     /// The job queue.
     pub queue: Queue,
-    /// Encrypts tenant secrets.
-    pub cipher: Arc<Cipher>,
+    /// Seals tenant secrets (bound to their tenant and field).
+    pub keyring: Arc<Keyring>,
 }
 
 impl AppState {
@@ -90,12 +90,9 @@ pub enum StartupError {
     /// The Redis URL is unusable.
     #[error("AI_AGENTS_REDIS_URL is not usable")]
     Redis(#[source] redis::RedisError),
-    /// The encryption key is unusable.
-    #[error("AI_AGENTS_ENCRYPTION_KEY is not usable")]
-    Key,
-    /// The development key file could not be read or written.
-    #[error("cannot read or create the development encryption key in .dev/")]
-    DevKey(#[source] std::io::Error),
+    /// The encryption keys are unusable, or the development key cannot be read.
+    #[error(transparent)]
+    Keys(#[from] crate::crypto::LoadError),
 }
 
 /// A built, bound, not yet serving API.
@@ -113,16 +110,6 @@ pub const REQUEST_DB_WAIT: Duration = Duration::from_secs(3);
 
 /// Most requests served at once; more get an immediate 503 instead of queueing without bound.
 pub const MAX_CONCURRENT_REQUESTS: usize = 1024;
-
-/// Where the development encryption key is kept.
-fn dev_key_path() -> std::path::PathBuf {
-    std::env::var_os("AI_AGENTS_DEV_DIR")
-        .map_or_else(
-            || std::path::PathBuf::from(".dev"),
-            std::path::PathBuf::from,
-        )
-        .join("encryption.key")
-}
 
 impl Application {
     /// Creates pools, applies migrations if configured, binds the listener.
@@ -153,15 +140,10 @@ impl Application {
             );
         }
 
-        let key = match &config.encryption_key {
-            Some(key) => key.clone(),
-            None => crate::crypto::load_or_create_dev_key(&dev_key_path())
-                .map_err(StartupError::DevKey)?,
-        };
-        let cipher = Cipher::from_base64(key.expose()).map_err(|_| StartupError::Key)?;
+        let keyring = Keyring::load(config.encryption_key.as_ref(), &config.encryption_old_keys)?;
         let admin_token = match &config.admin_token {
             Some(token) => {
-                if token.expose().len() < 16 {
+                if token.expose_secret().len() < 16 {
                     tracing::warn!(
                         "AI_AGENTS_ADMIN_TOKEN is shorter than 16 characters; use a long random token"
                     );
@@ -178,7 +160,7 @@ impl Application {
                 eprintln!(
                     "AI_AGENTS_ADMIN_TOKEN is not set; this development server accepts: Bearer {token}"
                 );
-                SecretString::new(token)
+                SecretString::from(token)
             }
         };
 
@@ -202,7 +184,7 @@ impl Application {
                 probe,
                 allow_internal_urls: config.allow_internal_urls,
                 queue,
-                cipher: Arc::new(cipher),
+                keyring: Arc::new(keyring),
             },
             admin_token,
             config,

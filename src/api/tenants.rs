@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use poem_openapi::{ApiResponse, Object, OpenApi, Tags, param::Path, param::Query, payload::Json};
+use secrecy::SecretString;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -18,12 +19,12 @@ use super::{
     text::{HttpUrl, Line, Slug, Text},
 };
 use crate::{
+    crypto::{Binding, SecretField},
     db::{
         scope::CrossTenantTx,
         tenants::{self, NewTenant, TenantChanges, TenantRow, UNIQUE_TENANT_ID},
     },
     domain::{HostPolicy, ServiceDeskUrl, TenantId, TenantName, storable_json},
-    secret::SecretString,
 };
 
 #[derive(Tags)]
@@ -159,10 +160,16 @@ impl TenantsApi {
         }
     }
 
-    fn encrypt(&self, value: impl Into<String>) -> Result<String, ApiError> {
+    /// Seals `value` for `tenant`'s `field`: the ciphertext opens in that row and column only.
+    fn encrypt(
+        &self,
+        tenant: &TenantId,
+        field: SecretField,
+        value: impl Into<String>,
+    ) -> Result<String, ApiError> {
         self.state
-            .cipher
-            .encrypt(&SecretString::new(value))
+            .keyring
+            .encrypt(&SecretString::from(value.into()), Binding { tenant, field })
             .map_err(|_| ApiError::internal())
     }
 }
@@ -180,8 +187,16 @@ impl TenantsApi {
         let tenant = TenantId::parse(body.tenant_id.as_ref())?;
         let name = TenantName::parse(body.name.as_ref())?;
         let url = ServiceDeskUrl::parse(body.servicedesk_url.as_ref(), self.host_policy())?;
-        let api_key = self.encrypt(body.servicedesk_api_key.into_inner())?;
-        let webhook = self.encrypt(body.webhook_signing_secret.into_inner())?;
+        let api_key = self.encrypt(
+            &tenant,
+            SecretField::ServicedeskApiKey,
+            body.servicedesk_api_key,
+        )?;
+        let webhook = self.encrypt(
+            &tenant,
+            SecretField::WebhookSigningSecret,
+            body.webhook_signing_secret,
+        )?;
         let preferences = Value::Object(body.enhancement_preferences.into_iter().collect());
         storable_json("enhancement_preferences", &preferences)?;
         let mut tx = self.state.tenant_tx(&tenant).await?;
@@ -279,11 +294,11 @@ impl TenantsApi {
             .transpose()?;
         let api_key = body
             .servicedesk_api_key
-            .map(|v| self.encrypt(v))
+            .map(|v| self.encrypt(&tenant, SecretField::ServicedeskApiKey, v))
             .transpose()?;
         let webhook = body
             .webhook_signing_secret
-            .map(|v| self.encrypt(v))
+            .map(|v| self.encrypt(&tenant, SecretField::WebhookSigningSecret, v))
             .transpose()?;
         let preferences = body
             .enhancement_preferences

@@ -5,6 +5,8 @@
 //! ai-agents-api migrate          apply pending migrations, then exit
 //! ai-agents-api migrate revert   revert the most recent migration, then exit
 //! ai-agents-api healthcheck      GET our own /health; exit 0 on 200
+//! ai-agents-api secrets verify   decrypt every stored tenant secret; non-zero if one fails
+//! ai-agents-api secrets rotate   re-encrypt every secret not yet under the current key
 //! ai-agents-api --version        print the version (needs no configuration)
 //! ```
 
@@ -13,7 +15,10 @@ use std::process::ExitCode;
 use ai_agents::{
     api::Application,
     config::{Config, Requirements},
-    db, healthcheck, shutdown, telemetry,
+    crypto::Keyring,
+    db, healthcheck,
+    secrets_admin::{self, Mode},
+    shutdown, telemetry,
 };
 
 const NAME: &str = "ai-agents-api";
@@ -34,6 +39,8 @@ fn main() -> ExitCode {
         ["migrate"] => run(Command::Migrate),
         ["migrate", "revert"] => run(Command::Revert),
         ["healthcheck"] => run(Command::Healthcheck),
+        ["secrets", "verify"] => run(Command::Secrets(Mode::Verify)),
+        ["secrets", "rotate"] => run(Command::Secrets(Mode::Rotate)),
         _ => {
             eprintln!("{NAME}: unknown arguments\n{}", usage());
             ExitCode::from(2)
@@ -42,7 +49,7 @@ fn main() -> ExitCode {
 }
 
 fn usage() -> &'static str {
-    "usage: ai-agents-api [migrate [revert] | healthcheck | --version]"
+    "usage: ai-agents-api [migrate [revert] | healthcheck | secrets verify | secrets rotate | --version]"
 }
 
 enum Command {
@@ -50,6 +57,7 @@ enum Command {
     Migrate,
     Revert,
     Healthcheck,
+    Secrets(Mode),
 }
 
 fn run(command: Command) -> ExitCode {
@@ -57,6 +65,7 @@ fn run(command: Command) -> ExitCode {
         Command::Serve => Requirements::Api,
         Command::Migrate | Command::Revert => Requirements::Migrate,
         Command::Healthcheck => Requirements::Healthcheck,
+        Command::Secrets(_) => Requirements::Secrets,
     };
     let config = match Config::load(requirements) {
         Ok(config) => config,
@@ -102,6 +111,7 @@ fn run(command: Command) -> ExitCode {
         let result = match command {
             Command::Serve => serve(config).await,
             Command::Migrate => migrate(&config, false).await,
+            Command::Secrets(mode) => secrets(&config, mode).await,
             _ => migrate(&config, true).await,
         };
         match result {
@@ -136,6 +146,18 @@ async fn migrate(config: &Config, revert: bool) -> Result<(), BoxError> {
     }
     pool.close().await;
     Ok(())
+}
+
+/// Runs `secrets verify|rotate`; failures are listed on stdout and make the exit non-zero.
+async fn secrets(config: &Config, mode: Mode) -> Result<(), BoxError> {
+    let keyring = Keyring::load(config.encryption_key.as_ref(), &config.encryption_old_keys)?;
+    let pool = db::connect_lazy(&config.database)?;
+    let summary = secrets_admin::run(&pool, &keyring, mode, &mut std::io::stdout()).await;
+    pool.close().await;
+    match summary?.failed {
+        0 => Ok(()),
+        failed => Err(format!("{failed} stored secret(s) could not be decrypted").into()),
+    }
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

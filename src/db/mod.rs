@@ -15,6 +15,7 @@ pub use errors::{Failure, classify, is_transient};
 
 use std::{str::FromStr, time::Duration};
 
+use secrecy::ExposeSecret;
 use sqlx::{
     ConnectOptions, PgPool,
     migrate::{MigrateError, Migrator},
@@ -39,7 +40,7 @@ pub enum DbSetupError {
 
 /// Connection options of every session: from the URL, named, statements logged only at debug.
 fn base_options(config: &DatabaseConfig) -> Result<PgConnectOptions, DbSetupError> {
-    Ok(PgConnectOptions::from_str(config.url.expose())
+    Ok(PgConnectOptions::from_str(config.url.expose_secret())
         .map_err(|_| DbSetupError::BadUrl)?
         .application_name("ai-agents")
         // Statement logging at INFO would flood the logs and can echo tenant data.

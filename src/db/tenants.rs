@@ -1,13 +1,15 @@
 //! Repository of `tenant_configs`.
 //!
-//! Secrets are stored as ciphertext by the caller and never selected here: nothing that reads a
-//! tenant for a response can leak them by accident.
+//! Secrets are stored as ciphertext by the caller. Only [`stored_secrets`], for the `secrets`
+//! maintenance commands, selects them: nothing that reads a tenant for a response can leak them
+//! by accident.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use uuid::Uuid;
 
 use super::scope::{CrossTenantTx, TenantTx};
+use crate::crypto::SecretField;
 
 /// A tenant as responses show it (no secret columns).
 #[derive(Debug, Clone)]
@@ -167,4 +169,60 @@ pub async fn list(
     )
     .fetch_all(tx.conn())
     .await
+}
+
+/// The ciphertexts of a tenant's secrets, as stored.
+pub struct StoredSecrets {
+    /// `servicedesk_api_key_encrypted`.
+    pub servicedesk_api_key: String,
+    /// `webhook_signing_secret_encrypted`.
+    pub webhook_signing_secret: String,
+}
+
+impl StoredSecrets {
+    /// The ciphertext of `field`.
+    pub fn get(&self, field: SecretField) -> &str {
+        match field {
+            SecretField::ServicedeskApiKey => &self.servicedesk_api_key,
+            SecretField::WebhookSigningSecret => &self.webhook_signing_secret,
+        }
+    }
+}
+
+/// Whether [`stored_secrets`] locks the row until the transaction ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowLock {
+    /// Read only.
+    None,
+    /// `FOR UPDATE`: a concurrent change waits, so a re-encryption cannot overwrite a secret
+    /// that a PATCH set meanwhile.
+    ForUpdate,
+}
+
+/// The stored secrets of the transaction's tenant, if it exists.
+pub async fn stored_secrets(
+    tx: &mut TenantTx,
+    lock: RowLock,
+) -> Result<Option<StoredSecrets>, sqlx::Error> {
+    let sql = match lock {
+        RowLock::None => {
+            "SELECT servicedesk_api_key_encrypted, webhook_signing_secret_encrypted
+             FROM tenant_configs WHERE tenant_id = $1"
+        }
+        RowLock::ForUpdate => {
+            "SELECT servicedesk_api_key_encrypted, webhook_signing_secret_encrypted
+             FROM tenant_configs WHERE tenant_id = $1 FOR UPDATE"
+        }
+    };
+    let tenant_id = tx.tenant().as_str().to_owned();
+    let row: Option<(String, String)> = sqlx::query_as(sql)
+        .bind(tenant_id)
+        .fetch_optional(tx.conn())
+        .await?;
+    Ok(row.map(
+        |(servicedesk_api_key, webhook_signing_secret)| StoredSecrets {
+            servicedesk_api_key,
+            webhook_signing_secret,
+        },
+    ))
 }

@@ -29,6 +29,7 @@ use redis::{
     ScriptInvocation,
     aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection},
 };
+use secrecy::ExposeSecret;
 
 use crate::config::RedisConfig;
 
@@ -44,7 +45,7 @@ pub struct RedisPool {
 impl RedisPool {
     /// Creates the pool without connecting.
     pub fn new(config: &RedisConfig) -> Result<Self, RedisError> {
-        let client = Client::open(config.url.expose()).map_err(|_| {
+        let client = Client::open(config.url.expose_secret()).map_err(|_| {
             RedisError::from((
                 ErrorKind::InvalidClientConfig,
                 "AI_AGENTS_REDIS_URL is invalid",

@@ -52,6 +52,27 @@ fn with_database(url: &str, database: &str, credentials: Option<&str>) -> String
     format!("{scheme}://{auth}{host}/{database}")
 }
 
+/// The application role's `user:password`: from AI_AGENTS_APP_DATABASE_URL (what
+/// `nix/dev-services.sh env` and CI export), else the development default.
+fn app_credentials() -> String {
+    std::env::var("AI_AGENTS_APP_DATABASE_URL")
+        .ok()
+        .and_then(|url| {
+            let rest = url.split_once("://")?.1;
+            Some(rest.rsplit_once('@')?.0.to_owned())
+        })
+        .unwrap_or_else(|| "ai_agents_app:ai_agents_app".to_owned())
+}
+
+/// The application role's name.
+pub fn app_role() -> String {
+    let credentials = app_credentials();
+    credentials
+        .split_once(':')
+        .map_or(credentials.as_str(), |(user, _)| user)
+        .to_owned()
+}
+
 /// A fresh, migrated database.
 pub struct TestDb {
     /// Its name.
@@ -94,18 +115,25 @@ impl TestDb {
             .await
             .expect("create database");
         admin.close().await.ok();
-        // The application role's credentials: from AI_AGENTS_APP_DATABASE_URL (what
-        // `nix/dev-services.sh env` and CI export), else the development default.
-        let app_credentials = std::env::var("AI_AGENTS_APP_DATABASE_URL")
-            .ok()
-            .and_then(|url| {
-                let rest = url.split_once("://")?.1;
-                Some(rest.rsplit_once('@')?.0.to_owned())
-            })
-            .unwrap_or_else(|| "ai_agents_app:ai_agents_app".to_owned());
+        let owner_url = with_database(&base, &name, None);
+        // The deployments' default privileges (nix/dev-services.sh, k8s/postgres/init-roles.sh)
+        // live in their own database; a throwaway database gets the same: what the owner
+        // creates is readable by the application role, and only the migrations grant writes.
+        let mut owner = PgConnection::connect(&owner_url)
+            .await
+            .expect("connect as owner");
+        let grant = format!(
+            r#"ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO "{}""#,
+            app_role()
+        );
+        owner
+            .execute(sqlx::AssertSqlSafe(grant))
+            .await
+            .expect("default privileges");
+        owner.close().await.ok();
         Self {
-            owner_url: with_database(&base, &name, None),
-            app_url: with_database(&base, &name, Some(&app_credentials)),
+            owner_url,
+            app_url: with_database(&base, &name, Some(&app_credentials())),
             name,
         }
     }
