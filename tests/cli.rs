@@ -109,15 +109,70 @@ async fn migrate_and_revert_subcommands() {
         .await
         .unwrap();
     assert_eq!(tables, 0);
+}
 
-    let mut down = vars.clone();
-    down.insert(
+/// `migrate` that cannot reach PostgreSQL says why, once, on one line: the last connect error
+/// after the timeout when nothing listens, at once when the server refuses the login.
+#[tokio::test]
+async fn migrate_names_why_postgres_is_unreachable_once() {
+    let mut vars = test_vars("postgres://unused", &redis_url(), &queue_prefix());
+    vars.insert("AI_AGENTS_LOG_FORMAT".into(), "json".into());
+
+    let port = common::closed_port();
+    vars.insert(
         "AI_AGENTS_DATABASE_URL".into(),
-        format!("postgres://u:sekrit@127.0.0.1:{}/x", common::closed_port()),
+        format!("postgres://u:sekrit@127.0.0.1:{port}/x"),
     );
-    down.insert("AI_AGENTS_DATABASE_CONNECT_TIMEOUT_SECS".into(), "1".into());
-    let (code, stdout, stderr) = run(API, &["migrate"], &down).await;
-    assert_ne!(code, 0);
+    vars.insert("AI_AGENTS_DATABASE_CONNECT_TIMEOUT_SECS".into(), "2".into());
+    let started = std::time::Instant::now();
+    let (code, stdout, stderr) = run(API, &["migrate"], &vars).await;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "gave up without waiting"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cannot connect to PostgreSQL at 127.0.0.1:{port} within 2 s (AI_AGENTS_DATABASE_CONNECT_TIMEOUT_SECS)"
+        )),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("Connection refused").count(), 1, "{stderr}");
+    assert!(!stderr.contains("pool timed out"), "{stderr}");
+    assert!(!stderr.contains("sekrit") && !stdout.contains("sekrit"));
+    // The JSON log line carries the same text.
+    assert!(stdout.contains("Connection refused"), "{stdout}");
+
+    // A wrong password is an answer, not an outage: no waiting for the 30 s timeout.
+    vars.insert(
+        "AI_AGENTS_DATABASE_URL".into(),
+        format!(
+            "postgres://ai_agents_owner:sekrit-wrong@{}/ai_agents",
+            common::host_port(&common::owner_url())
+        ),
+    );
+    vars.insert(
+        "AI_AGENTS_DATABASE_CONNECT_TIMEOUT_SECS".into(),
+        "30".into(),
+    );
+    let started = std::time::Instant::now();
+    let (code, stdout, stderr) = run(API, &["migrate", "revert"], &vars).await;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "waited for the timeout"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.contains("cannot connect to PostgreSQL at"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("password authentication failed").count(),
+        1,
+        "{stderr}"
+    );
     assert!(!stderr.contains("sekrit") && !stdout.contains("sekrit"));
 }
 
