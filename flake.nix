@@ -47,6 +47,7 @@
               pkgs
               crane
               devServices
+              redis
               revision
               ;
           };
