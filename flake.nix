@@ -42,7 +42,9 @@
           };
           redis = nixpkgs-redis7.legacyPackages.${system}.redis;
           devServices = import ./nix/dev-services.nix { inherit pkgs redis; };
-          # git revision of the flake source: the images' label and the binaries' build info
+          # git revision of the flake source: the images' label and the binaries' build info.
+          # A tree with uncommitted changes has no `rev`; Nix then sets `dirtyRev` to
+          # "<last commit>-dirty". "dirty" is left for a source that is not a git checkout.
           revision = self.rev or self.dirtyRev or "dirty";
           rust = import ./nix/rust.nix {
             inherit
