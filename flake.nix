@@ -3,8 +3,10 @@
 
   inputs = {
     nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.05";
-    # Only for Redis 7.2 in the devShell and the test check: nixos-26.05 packages Redis 8.
-    nixpkgs-redis7.url = "github:NixOS/nixpkgs/nixos-24.11";
+    # Only for Redis 7.2 in the devShell, dev-services and the test check: nixos-26.05 packages
+    # Redis 8. nixos-25.05 (end of life, frozen) has 7.2.11+, patched for CVE-2025-49844;
+    # nixos-24.11 stopped at 7.2.7, without that fix.
+    nixpkgs-redis7.url = "github:NixOS/nixpkgs/nixos-25.05";
     # crane has no inputs of its own.
     crane.url = "github:ipetkov/crane";
     rust-overlay = {
@@ -40,13 +42,16 @@
           };
           redis = nixpkgs-redis7.legacyPackages.${system}.redis;
           devServices = import ./nix/dev-services.nix { inherit pkgs redis; };
-          # git revision of the flake source: the images' label and the binaries' build info
+          # git revision of the flake source: the images' label and the binaries' build info.
+          # A tree with uncommitted changes has no `rev`; Nix then sets `dirtyRev` to
+          # "<last commit>-dirty". "dirty" is left for a source that is not a git checkout.
           revision = self.rev or self.dirtyRev or "dirty";
           rust = import ./nix/rust.nix {
             inherit
               pkgs
               crane
               devServices
+              redis
               revision
               ;
           };

@@ -7,6 +7,10 @@
 #   3. `nix flake metadata --no-update-lock-file`: flake.lock has a node for every input
 #      whose `original` and `follows` match flake.nix. A mismatch makes Nix go to the
 #      network, which fails here; nothing is downloaded when the lock is right.
+#   4. every program the tests start by name (`Command::new("…")` in tests/) is on the PATH
+#      of the flake's nextest check: an entry of its nativeBuildInputs in nix/rust.nix whose
+#      comment names the program (`pkgs.coreutils # kill: …`). Inside the build sandbox the
+#      PATH holds nothing else.
 # It does not build or evaluate the outputs (that needs nixpkgs): see docs/nix.md.
 # Without Nix it says so and exits 0; installing nix-bin (apt-get install nix-bin) is the
 # caller's job.
@@ -94,8 +98,34 @@ else
   failed=1
 fi
 
+# ---- 4. programs the tests spawn are on the nextest check's PATH
+mapfile -t spawned < <(git ls-files -z -- 'tests/*.rs' 'tests/**/*.rs' |
+  xargs -0 -r grep -hoE 'Command::new\("[^"/]+"\)' |
+  sed -E 's/^Command::new\("(.*)"\)$/\1/' | sort -u)
+# The nativeBuildInputs list inside the nextest check, from its opening to its closing bracket.
+inputs=$(awk '
+  /nextest = craneLib\.cargoNextest/ { in_check = 1 }
+  in_check && /nativeBuildInputs = \[/ { in_list = 1; next }
+  in_list && /^[[:space:]]*\];/ { exit }
+  in_list { print }
+' nix/rust.nix)
+if [[ -z $inputs ]]; then
+  echo "check-nix: FAIL: no nativeBuildInputs list found in the nextest check of nix/rust.nix"
+  failed=1
+fi
+for program in "${spawned[@]}"; do
+  entry=$({ grep -E "#[[:space:]]*${program//./\\.}:" <<<"$inputs" || true; } | head -n1 |
+    sed -E 's/^[[:space:]]*//; s/[[:space:]]*#.*$//')
+  if [[ -n $entry ]]; then
+    echo "test program:    $program <- $entry (nextest check, nix/rust.nix)"
+  else
+    echo "test program NOT IN CHECK: tests start '$program', but no nativeBuildInputs entry of the nextest check in nix/rust.nix names it ('<package> # $program: why')"
+    failed=1
+  fi
+done
+
 if ((failed)); then
   echo "check-nix: FAILED"
   exit 1
 fi
-echo "check-nix: OK (${#nix_files[@]} .nix files parsed, flake.lock consistent; outputs not evaluated)"
+echo "check-nix: OK (${#nix_files[@]} .nix files parsed, flake.lock consistent, ${#spawned[@]} test programs in the nextest check; outputs not evaluated)"

@@ -2,8 +2,8 @@
 # Property-based checks of the live API against its own OpenAPI document (schemathesis):
 # no 5xx, every response conforms to the documented schema, status code and content type,
 # and the bearer scheme is enforced. Bounded: a fixed seed and example count per operation.
-# Needs the local services' variables (eval "$(nix/dev-services.sh env)") and a built
-# target/debug/ai-agents-api.
+# Needs the local services' variables (eval "$(nix/dev-services.sh env)"). Runs
+# $AI_AGENTS_API_BIN (.ci/run: the static release binary), else target/debug/ai-agents-api.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

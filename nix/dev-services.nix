@@ -3,7 +3,7 @@
 # Used by `nix run .#dev-services -- start` and by the nextest check.
 {
   pkgs,
-  # Redis 7.2 from the nixpkgs-redis7 input (nixos-26.05 only has Redis 8).
+  # Redis 7.2 from the nixpkgs-redis7 input (nixos-25.05; nixos-26.05 only has Redis 8).
   redis,
 }:
 pkgs.writeShellApplication {

@@ -8,7 +8,7 @@
   # from ./rust.nix
   devToolchain,
   muslCcEnv,
-  # Redis 7.2 from the nixpkgs-redis7 input
+  # Redis 7.2 from the nixpkgs-redis7 input (nixos-25.05)
   redis,
 }:
 let

@@ -7,7 +7,8 @@
   worker,
   # crate version from Cargo.toml: the image tag and the version label
   version,
-  # git revision of the flake source (self.rev, or "dirty" for an uncommitted tree)
+  # git revision of the flake source: self.rev, or self.dirtyRev ("<last commit>-dirty") for a
+  # tree with uncommitted changes
   revision,
   # Cargo.toml [package] table (repository, description)
   cargoPackage,

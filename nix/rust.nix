@@ -8,6 +8,8 @@
   # writeShellApplication around ./dev-services.sh (see ./dev-services.nix); the nextest
   # check uses it to start PostgreSQL and Redis inside the build.
   devServices,
+  # Redis 7.2 (the nixpkgs-redis7 input): a test starts its own redis-server from PATH.
+  redis,
   # git revision, compiled into the binaries (the `ai_agents_build_info` metric); only the two
   # packages see it, so the shared dependency build stays cached across commits.
   revision ? "unknown",
@@ -167,7 +169,14 @@ let
         cargoExtraArgs = "--locked";
         cargoNextestExtraArgs = "--no-tests=warn";
         doInstallCargoArtifacts = false;
-        nativeBuildInputs = [ devServices ];
+        # The programs the tests spawn must be on the build's PATH: writeShellApplication puts
+        # PostgreSQL and Redis on the PATH of its own script only. One entry per program, named
+        # in its comment; .ci/check-nix.sh fails when a program the tests start is not listed.
+        nativeBuildInputs = [
+          devServices # dev-services: starts PostgreSQL 17 and Redis 7 for the whole run (preCheck)
+          redis # redis-server: tests/worker.rs restarts a Redis of its own (AOF test)
+          pkgs.coreutils # kill: the tests send SIGTERM/SIGKILL to the binaries they start
+        ];
         preCheck = ''
           if [ "$(id -u)" -eq 0 ]; then
             echo "error: the nextest check starts PostgreSQL, which refuses to run as root." >&2

@@ -50,6 +50,25 @@ pub fn init(service: &'static str, config: &Config) {
     drop(result);
 }
 
+/// An error and its causes on one line, `error: cause: root cause`, each text once.
+///
+/// Used for log fields and for the one-line error a binary prints on exit. Many errors
+/// (sqlx's among them) already put their source into their own message; a cause whose text
+/// is already on the line is left out instead of being repeated.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// A layer that writes each event as one JSON object per line to `make_writer()`.
 pub struct JsonLayer<W> {
     service: &'static str,
@@ -96,14 +115,8 @@ impl Visit for JsonVisitor<'_> {
     }
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
         // Keep the whole cause chain: the top error alone rarely says what went wrong.
-        let mut text = value.to_string();
-        let mut source = value.source();
-        while let Some(cause) = source {
-            text.push_str(": ");
-            text.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        self.0.insert(field.name().to_owned(), Value::String(text));
+        self.0
+            .insert(field.name().to_owned(), Value::String(error_chain(value)));
     }
 }
 

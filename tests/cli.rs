@@ -102,10 +102,15 @@ async fn a_reclaim_time_not_above_the_hard_limit_stops_the_worker() {
 }
 
 #[tokio::test]
-async fn unknown_arguments_are_refused() {
-    let (code, _, stderr) = run(API, &["serve", "--now"], &HashMap::new()).await;
-    assert_eq!(code, 2);
-    assert!(stderr.contains("usage"));
+async fn unknown_arguments_are_refused_and_help_needs_no_configuration() {
+    for binary in [API, WORKER] {
+        let (code, _, stderr) = run(binary, &["serve", "--now"], &HashMap::new()).await;
+        assert_eq!(code, 2, "{binary}: {stderr}");
+        assert!(stderr.contains("usage"), "{binary}: {stderr}");
+        let (code, stdout, _) = run(binary, &["--help"], &HashMap::new()).await;
+        assert_eq!(code, 0, "{binary}");
+        assert!(stdout.starts_with("usage:"), "{binary}: {stdout}");
+    }
 }
 
 #[tokio::test]
@@ -141,15 +146,70 @@ async fn migrate_and_revert_subcommands() {
         .await
         .unwrap();
     assert_eq!(tables, 0);
+}
 
-    let mut down = vars.clone();
-    down.insert(
+/// `migrate` that cannot reach PostgreSQL says why, once, on one line: the last connect error
+/// after the timeout when nothing listens, at once when the server refuses the login.
+#[tokio::test]
+async fn migrate_names_why_postgres_is_unreachable_once() {
+    let mut vars = test_vars("postgres://unused", &redis_url(), &queue_prefix());
+    vars.insert("AI_AGENTS_LOG_FORMAT".into(), "json".into());
+
+    let port = common::closed_port();
+    vars.insert(
         "AI_AGENTS_DATABASE_URL".into(),
-        format!("postgres://u:sekrit@127.0.0.1:{}/x", common::closed_port()),
+        format!("postgres://u:sekrit@127.0.0.1:{port}/x"),
     );
-    down.insert("AI_AGENTS_DATABASE_CONNECT_TIMEOUT_SECS".into(), "1".into());
-    let (code, stdout, stderr) = run(API, &["migrate"], &down).await;
-    assert_ne!(code, 0);
+    vars.insert("AI_AGENTS_DATABASE_CONNECT_TIMEOUT_SECS".into(), "2".into());
+    let started = std::time::Instant::now();
+    let (code, stdout, stderr) = run(API, &["migrate"], &vars).await;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "gave up without waiting"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cannot connect to PostgreSQL at 127.0.0.1:{port} within 2 s (AI_AGENTS_DATABASE_CONNECT_TIMEOUT_SECS)"
+        )),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("Connection refused").count(), 1, "{stderr}");
+    assert!(!stderr.contains("pool timed out"), "{stderr}");
+    assert!(!stderr.contains("sekrit") && !stdout.contains("sekrit"));
+    // The JSON log line carries the same text.
+    assert!(stdout.contains("Connection refused"), "{stdout}");
+
+    // A wrong password is an answer, not an outage: no waiting for the 30 s timeout.
+    vars.insert(
+        "AI_AGENTS_DATABASE_URL".into(),
+        format!(
+            "postgres://ai_agents_owner:sekrit-wrong@{}/ai_agents",
+            common::host_port(&common::owner_url())
+        ),
+    );
+    vars.insert(
+        "AI_AGENTS_DATABASE_CONNECT_TIMEOUT_SECS".into(),
+        "30".into(),
+    );
+    let started = std::time::Instant::now();
+    let (code, stdout, stderr) = run(API, &["migrate", "revert"], &vars).await;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "waited for the timeout"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.contains("cannot connect to PostgreSQL at"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("password authentication failed").count(),
+        1,
+        "{stderr}"
+    );
     assert!(!stderr.contains("sekrit") && !stdout.contains("sekrit"));
 }
 
@@ -264,4 +324,105 @@ async fn worker_starts_and_stops_cleanly_and_waits_for_redis() {
     assert_eq!(output.status.code(), Some(0));
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("Redis not reachable yet"), "{stdout}");
+}
+
+/// With `AI_AGENTS_WORKER_METRICS_ADDR` the worker serves `/metrics` and `/health` on that
+/// port; a port it cannot bind stops it at once, naming the variable.
+#[tokio::test]
+async fn worker_serves_metrics_on_its_own_port_or_refuses_to_start() {
+    let db = TestDb::new().await;
+    let port = common::closed_port();
+    let mut vars = test_vars(&db.app_url, &redis_url(), &queue_prefix());
+    vars.insert(
+        "AI_AGENTS_WORKER_METRICS_ADDR".into(),
+        format!("127.0.0.1:{port}"),
+    );
+    let worker = command(WORKER, &vars).spawn().unwrap();
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let up = common::eventually(Duration::from_secs(10), || async {
+        client
+            .get(format!("{base}/health"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    assert!(up, "the worker's /health never answered");
+    let response = client.get(format!("{base}/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(content_type.starts_with("text/plain"), "{content_type}");
+    let body = response.text().await.unwrap();
+    assert!(body.contains("ai_agents_build_info"), "{body}");
+
+    std::process::Command::new("kill")
+        .args(["-TERM", &worker.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    let output = tokio::time::timeout(Duration::from_secs(10), worker.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    vars.insert(
+        "AI_AGENTS_WORKER_METRICS_ADDR".into(),
+        taken.local_addr().unwrap().to_string(),
+    );
+    let (code, _, stderr) = run(WORKER, &[], &vars).await;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("cannot serve metrics on AI_AGENTS_WORKER_METRICS_ADDR"),
+        "{stderr}"
+    );
+}
+
+/// The first SIGTERM lets in-flight work finish within the grace period; a second one ends
+/// the process at once, with 130, for the operator who does not want to wait.
+#[tokio::test]
+async fn second_signal_ends_a_draining_worker_at_once() {
+    let app = common::TestApp::spawn().await;
+    app.create_tenant("drain").await;
+    app.create_enhancement("drain", "INC-1").await;
+    // The worker reaches Redis but not PostgreSQL: its job waits for a database connection
+    // (up to the test's 10 s connect timeout), so it is still in flight when the signals come.
+    let mut vars = test_vars(
+        &format!("postgres://u:p@127.0.0.1:{}/x", common::closed_port()),
+        &redis_url(),
+        &app.prefix,
+    );
+    vars.insert("AI_AGENTS_SHUTDOWN_GRACE_SECS".into(), "20".into());
+    let worker = command(WORKER, &vars).spawn().unwrap();
+    let taken = common::eventually(Duration::from_secs(10), || async {
+        app.queue.stats().await.is_ok_and(|s| s.in_flight == 1)
+    })
+    .await;
+    assert!(taken, "the worker never took the job");
+
+    let pid = worker.id().unwrap().to_string();
+    let term = || {
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+    };
+    assert!(term().success());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = std::time::Instant::now();
+    assert!(term().success());
+    let output = tokio::time::timeout(Duration::from_secs(10), worker.wait_with_output())
+        .await
+        .expect("the second signal ends the worker")
+        .unwrap();
+    assert_eq!(output.status.code(), Some(130));
+    assert!(
+        second.elapsed() < Duration::from_secs(3),
+        "took {:?} after the second signal",
+        second.elapsed()
+    );
 }

@@ -427,6 +427,14 @@ impl Worker {
     }
 }
 
+impl Drop for Worker {
+    /// SIGTERM rather than `kill_on_drop`'s SIGKILL, so the worker writes its coverage profile;
+    /// the test's grace period is 5 s.
+    fn drop(&mut self) {
+        common::terminate(&mut self.child, Duration::from_secs(8));
+    }
+}
+
 async fn collect(reader: impl AsyncRead + Unpin, log: Arc<Mutex<String>>) {
     let mut lines = BufReader::new(reader).lines();
     while let Ok(Some(line)) = lines.next_line().await {

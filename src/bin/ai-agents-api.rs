@@ -118,7 +118,7 @@ fn run(command: Command) -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = &*e as &dyn std::error::Error, "{NAME} failed");
-                eprintln!("{NAME}: {}", error_chain(&*e));
+                eprintln!("{NAME}: {}", telemetry::error_chain(&*e));
                 ExitCode::FAILURE
             }
         }
@@ -133,18 +133,21 @@ async fn serve(config: Config) -> Result<(), BoxError> {
     Ok(())
 }
 
+/// On one connection: its error says why PostgreSQL could not be reached, where a pool's
+/// would only say that it timed out.
 async fn migrate(config: &Config, revert: bool) -> Result<(), BoxError> {
-    let pool = db::connect_for_migrations(&config.database)?;
+    let mut connection = db::connect_direct(&config.database).await?;
     if revert {
-        match db::revert_last(&pool).await? {
+        match db::revert_last(&mut connection).await? {
             Some(version) => tracing::info!(version, "migration reverted"),
             None => tracing::info!("no migration to revert"),
         }
     } else {
-        db::migrate(&pool).await?;
+        db::migrate(&mut connection).await?;
         tracing::info!("migrations applied");
     }
-    pool.close().await;
+    // The work is done: a failed goodbye to the server changes nothing.
+    sqlx::Connection::close(connection).await.ok();
     Ok(())
 }
 
@@ -158,15 +161,4 @@ async fn secrets(config: &Config, mode: Mode) -> Result<(), BoxError> {
         0 => Ok(()),
         failed => Err(format!("{failed} stored secret(s) could not be decrypted").into()),
     }
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

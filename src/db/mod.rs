@@ -17,8 +17,8 @@ use std::{str::FromStr, time::Duration};
 
 use secrecy::ExposeSecret;
 use sqlx::{
-    ConnectOptions, PgPool,
-    migrate::{MigrateError, Migrator},
+    Acquire, ConnectOptions, Connection, PgConnection, PgPool, Postgres,
+    migrate::{Migrate, MigrateError, Migrator},
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
@@ -27,12 +27,37 @@ use crate::config::DatabaseConfig;
 /// The migrations in `migrations/`, compiled into the binary.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
-/// Errors of setting up the database; never contain the URL.
+/// Errors of setting up the database; never contain the URL or its password.
 #[derive(Debug, thiserror::Error)]
 pub enum DbSetupError {
     /// `AI_AGENTS_DATABASE_URL` could not be parsed.
     #[error("AI_AGENTS_DATABASE_URL is not a valid PostgreSQL URL")]
     BadUrl,
+    /// The server refused connections, or was still starting, for the whole connect timeout;
+    /// the source is its last answer, which says why (the pool would only say it timed out).
+    #[error(
+        "cannot connect to PostgreSQL at {address} within {} s (AI_AGENTS_DATABASE_CONNECT_TIMEOUT_SECS)",
+        .waited.as_secs()
+    )]
+    Unreachable {
+        /// `host:port`, never the credentials.
+        address: String,
+        /// The connect timeout that passed.
+        waited: Duration,
+        /// The last attempt's error.
+        #[source]
+        last: sqlx::Error,
+    },
+    /// The server answered and said no (wrong password, unknown database, TLS refused ...):
+    /// waiting would not change that.
+    #[error("cannot connect to PostgreSQL at {address}")]
+    Connect {
+        /// `host:port`, never the credentials.
+        address: String,
+        /// What the server or the client library said.
+        #[source]
+        cause: sqlx::Error,
+    },
     /// Applying or reverting migrations failed.
     #[error("migration failed")]
     Migrate(#[from] MigrateError),
@@ -98,17 +123,71 @@ pub fn probe_pool(config: &DatabaseConfig, limit: Duration) -> Result<PgPool, Db
         .connect_lazy_with(app_options(config)?))
 }
 
-/// Applies every pending migration.
-pub async fn migrate(pool: &PgPool) -> Result<(), DbSetupError> {
-    MIGRATOR.run(pool).await?;
+/// Opens one connection, for the maintenance subcommands (`migrate`, `migrate revert`).
+///
+/// Like the pool it waits, up to the connect timeout, for a server that refuses connections
+/// or is still starting up, and gives up at once on any other answer (a wrong password, an
+/// unknown database). Unlike the pool, whose error only says that it timed out, the error
+/// carries the server's last answer, so an operator reads why.
+pub async fn connect_direct(config: &DatabaseConfig) -> Result<PgConnection, DbSetupError> {
+    let options = base_options(config)?;
+    let address = format!("{}:{}", options.get_host(), options.get_port());
+    let deadline = tokio::time::Instant::now() + config.connect_timeout;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let last =
+            match tokio::time::timeout_at(deadline, PgConnection::connect_with(&options)).await {
+                Ok(Ok(connection)) => return Ok(connection),
+                Ok(Err(e)) if not_accepting_yet(&e) => e,
+                Ok(Err(cause)) => return Err(DbSetupError::Connect { address, cause }),
+                Err(_) => sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the connection attempt got no answer",
+                )),
+            };
+        if tokio::time::Instant::now() + pause >= deadline {
+            return Err(DbSetupError::Unreachable {
+                address,
+                waited: config.connect_timeout,
+                last,
+            });
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// Whether a failed connection attempt is worth repeating: sqlx's pool repeats the same ones
+/// (sqlx-core `pool/inner.rs`, `connect`): nothing listens yet (connection refused),
+/// `too_many_connections` (53300) and `cannot_connect_now` (57P03, the server is starting).
+fn not_accepting_yet(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(io) => io.kind() == std::io::ErrorKind::ConnectionRefused,
+        sqlx::Error::Database(db) => matches!(db.code().as_deref(), Some("53300" | "57P03")),
+        _ => false,
+    }
+}
+
+/// Applies every pending migration, on a pool (the API at start) or on one connection (the
+/// `migrate` subcommand).
+pub async fn migrate<'a, A>(db: A) -> Result<(), DbSetupError>
+where
+    A: Acquire<'a>,
+    <A::Connection as std::ops::Deref>::Target: Migrate,
+{
+    MIGRATOR.run(db).await?;
     Ok(())
 }
 
 /// Reverts the most recently applied migration; returns its version, if there was one.
-pub async fn revert_last(pool: &PgPool) -> Result<Option<i64>, DbSetupError> {
+pub async fn revert_last<'a, A>(db: A) -> Result<Option<i64>, DbSetupError>
+where
+    A: Acquire<'a, Database = Postgres>,
+{
+    let mut connection = db.acquire().await.map_err(MigrateError::Execute)?;
     let applied: Vec<i64> =
         sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
-            .fetch_all(pool)
+            .fetch_all(&mut *connection)
             .await
             .or_else(|e| match &e {
                 // No migrations table: nothing was ever applied.
@@ -119,7 +198,7 @@ pub async fn revert_last(pool: &PgPool) -> Result<Option<i64>, DbSetupError> {
         return Ok(None);
     };
     let target = applied.iter().rev().nth(1).copied().unwrap_or(0);
-    MIGRATOR.undo(pool, target).await?;
+    MIGRATOR.undo(&mut *connection, target).await?;
     Ok(Some(last))
 }
 

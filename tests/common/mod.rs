@@ -387,18 +387,51 @@ pub fn closed_port() -> u16 {
     listener.local_addr().expect("addr").port()
 }
 
-/// Starts a binary of this package with `vars` only (plus PATH); stdout and stderr captured.
+/// Variables a spawned binary inherits from the test process although its environment is
+/// otherwise cleared: `PATH`, and `LLVM_PROFILE_FILE`, which `cargo llvm-cov` sets so that an
+/// instrumented binary writes its coverage profile where the report merges it (without it, the
+/// lines that run only inside the spawned binaries would count as never run).
+const INHERITED_VARS: [&str; 2] = ["PATH", "LLVM_PROFILE_FILE"];
+
+/// Starts a binary of this package with `vars` only (plus [`INHERITED_VARS`]); stdout and
+/// stderr captured.
 pub fn command(binary: &str, vars: &HashMap<String, String>) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(binary);
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(vars)
+    cmd.env_clear();
+    for name in INHERITED_VARS {
+        if let Some(value) = std::env::var_os(name) {
+            cmd.env(name, value);
+        }
+    }
+    cmd.envs(vars)
         .current_dir(std::env::temp_dir())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     cmd
+}
+
+/// Ends a spawned binary that is still running with SIGTERM and waits up to `limit` for it
+/// (blocking: it runs in `Drop`). For helpers that own a child until their test ends: the
+/// SIGKILL of `kill_on_drop` leaves no coverage profile, so the lines only that process ran
+/// would count as never run. A child still alive after `limit` gets the SIGKILL when it drops.
+pub fn terminate(child: &mut tokio::process::Child, limit: Duration) {
+    let Ok(None) = child.try_wait() else {
+        return;
+    };
+    let Some(pid) = child.id() else {
+        return;
+    };
+    let signalled = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    let deadline = std::time::Instant::now() + limit;
+    while signalled && std::time::Instant::now() < deadline && matches!(child.try_wait(), Ok(None))
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Polls `check` every 50 ms until it is true or `limit` passes; whether it became true.
