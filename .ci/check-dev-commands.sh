@@ -10,7 +10,9 @@
 #   4. `test --run COMMAND`: COMMAND sees the test services' URLs, its exit status is the
 #      command's, and the services it started are stopped;
 #   5. missing prerequisites: as a user, the exact `sudo apt-get install …` line and the
-#      rustup hint; as root, apt-get is run without a question (a stub records it).
+#      rustup hint; as root, apt-get is run without a question (a stub records it);
+#   6. `up --watch` when watchexec is installed (else skipped, saying so: compiling it takes
+#      minutes): a new file in src/ restarts the API and the worker; Ctrl-C ends it all.
 # Its own ports, state in a temporary directory: running services are left alone.
 # Called by .ci/run; runs alone too: bash .ci/check-dev-commands.sh (builds if needed).
 set -euo pipefail
@@ -66,11 +68,11 @@ trap cleanup EXIT
 
 http_status() { curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$@" || true; }
 
-# start_up: `up` in the background as a job of its own process group (job control), as a
+# start_up [ARGS]: `up` in the background as a job of its own process group (job control), as a
 # terminal runs it: its SIGINT is not ignored, and the group can be signalled like Ctrl-C.
 start_up() {
   set -m
-  AI_AGENTS_CHECK_RUN=$marker "$script" up >"$tmp/up.log" 2>&1 &
+  AI_AGENTS_CHECK_RUN=$marker "$script" up "$@" >"$tmp/up.log" 2>&1 &
   up_pid=$!
   set +m
 }
@@ -199,6 +201,27 @@ if ((EUID == 0)); then
   grep -qx -- "install -y -qq redis-server" "$tmp/apt-get.calls" ||
     fail "as root, up did not run apt-get install -y redis-server: $(cat "$tmp/apt-get.calls" 2>/dev/null) $out"
   ok "missing Redis as root: apt-get install -y redis-server, no question"
+fi
+
+# ---- 6. --watch
+if command -v watchexec >/dev/null; then
+  touched=$root/src/check-dev-commands.touch
+  trap 'rm -f "$touched"; cleanup' EXIT
+  start_up --watch
+  wait_ready
+  : >"$touched"
+  restarted() { (($(grep -c 'server started' "$tmp/up.log") >= 2 && $(grep -c 'worker ready' "$tmp/up.log") >= 2)); }
+  for ((i = 0; i < 240; i++)); do
+    ! restarted || break
+    sleep 0.5
+  done
+  restarted || fail "up --watch did not restart the API and the worker after a change in src/"
+  wait_ready
+  ctrl_c
+  rm -f "$touched"
+  ok "up --watch: a change in src/ restarted the API and the worker; Ctrl-C left nothing"
+else
+  echo "check-dev-commands: skipped: up --watch (watchexec is not installed; up --watch installs it)"
 fi
 
 echo "check-dev-commands: OK"
