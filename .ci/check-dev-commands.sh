@@ -69,10 +69,12 @@ trap cleanup EXIT
 http_status() { curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$@" || true; }
 
 # start_up [ARGS]: `up` in the background as a job of its own process group (job control), as a
-# terminal runs it: its SIGINT is not ignored, and the group can be signalled like Ctrl-C.
+# terminal runs it, so that the group can be signalled like Ctrl-C; with SIGINT at its default
+# even when this check was started with it ignored (in the background, under nohup), as a
+# shell ignores it for background commands and that is inherited.
 start_up() {
   set -m
-  AI_AGENTS_CHECK_RUN=$marker "$script" up "$@" >"$tmp/up.log" 2>&1 &
+  AI_AGENTS_CHECK_RUN=$marker env --default-signal=INT "$script" up "$@" >"$tmp/up.log" 2>&1 &
   up_pid=$!
   set +m
 }
