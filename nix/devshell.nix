@@ -38,6 +38,8 @@ pkgs.mkShell (
       # `nix/dev-services.sh up --watch`: rebuild and restart on changes
       pkgs.watchexec
     ]
+    # setsid, with which `nix/dev-services.sh up` gives the API and the worker sessions of their own
+    ++ lib.optional stdenv.hostPlatform.isLinux pkgs.util-linux
     ++ optionalPackage "cargo-llvm-cov";
 
     buildInputs = lib.optionals stdenv.hostPlatform.isDarwin [ pkgs.libiconv ];
