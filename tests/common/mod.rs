@@ -6,6 +6,8 @@
 //! application role, so row-level security is in force exactly as in production.
 #![allow(dead_code)]
 
+pub mod procfs;
+
 use std::{
     collections::HashMap,
     net::SocketAddr,
