@@ -317,8 +317,9 @@ pub async fn fail(
     Ok(result.rows_affected() > 0)
 }
 
-/// Up to `limit` rows of any tenant still `pending` and untouched since `before`, oldest
-/// first: candidates for the orphan sweep (their job may be lost).
+/// Up to `limit` rows of any tenant still `pending` and untouched since `before`: candidates
+/// for the orphan sweep (their job may be lost). Found through the status index; unordered, so
+/// a large backlog costs no sort (the next sweep takes the next rows).
 pub async fn stale_pending(
     tx: &mut CrossTenantTx,
     before: DateTime<Utc>,
@@ -327,7 +328,6 @@ pub async fn stale_pending(
     sqlx::query_as(
         r"SELECT id, tenant_id::text FROM enhancement_history
           WHERE status = 'pending' AND updated_at < $1
-          ORDER BY updated_at
           LIMIT $2",
     )
     .bind(before)
