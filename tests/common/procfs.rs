@@ -1,7 +1,7 @@
 //! CPU time of processes and of the machine from Linux's `/proc`, so a measurement can say
 //! which process ran out of CPU (and whether the machine did) instead of guessing.
 //!
-//! Figures are clock ticks (`getconf CLK_TCK`, usually 100 per second); [`percent`] turns a
+//! Figures are clock ticks (`sysconf(_SC_CLK_TCK)`, usually 100 per second); [`percent`] turns a
 //! difference of ticks over a wall-clock interval into % of one core (2 cores = 200 %). Every
 //! reader returns 0 or nothing for a process that is gone or a `/proc` that is absent, so a
 //! figure is missing rather than the measurement failing.
@@ -12,13 +12,12 @@ use std::time::Duration;
 pub fn clock_ticks() -> f64 {
     static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
     *TICKS.get_or_init(|| {
-        std::process::Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
+        // Asked of the C library, not of `getconf`: a program the tests would need on PATH
+        // (in the Nix check too) for one number.
+        nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
             .ok()
-            .and_then(|o| String::from_utf8(o.stdout).ok())
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(100.0)
+            .flatten()
+            .map_or(100.0, |ticks| ticks as f64)
     })
 }
 
