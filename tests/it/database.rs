@@ -114,9 +114,10 @@ async fn roles_are_not_privileged() {
     }
 }
 
-/// The privileges that the deployment's role set-up gives (`nix/dev-services.sh` made the
-/// database these tests run against, `k8s/postgres/init-roles.sh` the one of CI): a table the
-/// owner creates, as sqlx creates `_sqlx_migrations`, is only readable by the application role.
+/// The privileges that the deployment's role set-up gives (`k8s/postgres/init-roles.sh`, run by
+/// `nix/dev-services.sh` for the database these tests run against and by CI for its own): a
+/// table the owner creates, as sqlx creates `_sqlx_migrations`, is only readable by the
+/// application role.
 #[tokio::test]
 async fn provisioned_database_gives_the_app_role_read_only_new_tables() {
     let mut owner = PgConnection::connect(&owner_url()).await.unwrap();
