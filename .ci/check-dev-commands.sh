@@ -227,7 +227,8 @@ if command -v watchexec >/dev/null; then
   start_up --watch
   wait_ready
   : >"$touched"
-  restarted() { (($(grep -c 'server started' "$tmp/up.log") >= 2 && $(grep -c 'worker ready' "$tmp/up.log") >= 2)); }
+  # The API logs "listening" once it serves, the worker "worker ready".
+  restarted() { (($(grep -c ' listening' "$tmp/up.log") >= 2 && $(grep -c 'worker ready' "$tmp/up.log") >= 2)); }
   for ((i = 0; i < 240; i++)); do
     ! restarted || break
     sleep 0.5
