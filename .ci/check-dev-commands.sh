@@ -11,7 +11,9 @@
 #      command's, and the services it started are stopped;
 #   5. missing prerequisites: as a user, the exact `sudo apt-get install …` line and the
 #      rustup hint; as root, apt-get is run without a question (a stub records it);
-#   6. `up --watch` when watchexec is installed (else skipped, saying so: compiling it takes
+#   6. the role set-up script (k8s/postgres/init-roles.sh) missing: `start` names it and
+#      starts nothing;
+#   7. `up --watch` when watchexec is installed (else skipped, saying so: compiling it takes
 #      minutes): a new file in src/ restarts the API and the worker; Ctrl-C ends it all.
 # Its own ports, state in a temporary directory: running services are left alone.
 # Called by .ci/run; runs alone too: bash .ci/check-dev-commands.sh (builds if needed).
@@ -205,14 +207,28 @@ if ((EUID == 0)); then
   ok "missing Redis as root: apt-get install -y redis-server, no question"
 fi
 
-# ---- 6. --watch
+# ---- 6. the role set-up script missing
+status=0
+out=$(AI_AGENTS_INIT_ROLES_SCRIPT=$tmp/no-init-roles.sh AI_AGENTS_DEV_DIR=$tmp/no-roles \
+  "$script" start 2>&1) || status=$?
+((status != 0)) || fail "start without the role set-up script succeeded"
+[[ $out == *"the role set-up script $tmp/no-init-roles.sh does not exist"* ]] ||
+  fail "start without the role set-up script did not name it: $out"
+for port in "$PG_PORT" "$REDIS_PORT"; do
+  ! (: <"/dev/tcp/127.0.0.1/$port") 2>/dev/null ||
+    fail "start without the role set-up script left port $port open"
+done
+ok "the role set-up script missing: start names it and starts nothing"
+
+# ---- 7. --watch
 if command -v watchexec >/dev/null; then
   touched=$root/src/check-dev-commands.touch
   trap 'rm -f "$touched"; cleanup' EXIT
   start_up --watch
   wait_ready
   : >"$touched"
-  restarted() { (($(grep -c 'listening' "$tmp/up.log") >= 2 && $(grep -c 'worker ready' "$tmp/up.log") >= 2)); }
+  # The API logs "listening" once it serves, the worker "worker ready".
+  restarted() { (($(grep -c ' listening' "$tmp/up.log") >= 2 && $(grep -c 'worker ready' "$tmp/up.log") >= 2)); }
   for ((i = 0; i < 240; i++)); do
     ! restarted || break
     sleep 0.5

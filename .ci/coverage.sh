@@ -9,7 +9,7 @@
 #
 # Extra arguments go to `cargo llvm-cov`. The tests need their services (README, "Tests"). The
 # binaries the tests start are instrumented as well and write their profiles through
-# LLVM_PROFILE_FILE, which tests/common/mod.rs passes on. Installs what is missing: rustup's
+# LLVM_PROFILE_FILE, which tests/it/helpers/process.rs passes on. Installs what is missing: rustup's
 # llvm-tools component and cargo-llvm-cov 0.9.x (built from crates.io).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -1,4 +1,4 @@
--- wrk script of benches/service.rs: POST /api/v1/enhancements with the admin token.
+-- wrk script of the service benchmark (benches/service/): POST /api/v1/enhancements with the admin token.
 --
 --   wrk -t1 -c32 -d10s --latency -s benches/post_enhancement.lua URL -- TOKEN TENANT
 --

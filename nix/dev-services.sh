@@ -16,12 +16,13 @@
 # - Redis keeps the job queue: AOF persistence (`appendonly yes`, no RDB snapshots) so
 #   queued jobs survive a restart, and `maxmemory-policy noeviction` because an evicting
 #   policy would silently drop queued jobs (contract section 6).
-# - Roles as in production: `ai_agents_owner` owns the database and runs migrations
-#   (CREATEDB here so tests can make throwaway databases), `ai_agents_app` is what the API
-#   and worker use; neither is superuser nor BYPASSRLS, so row-level security is tested
-#   for real. The app role may only read what the owner creates (the migration history
-#   included); migrations grant it writes on their tables. The passwords are fixed
-#   development passwords, never used elsewhere.
+# - Roles as in production, made by production's own script: k8s/postgres/init-roles.sh
+#   (which compose, Kubernetes and CI run too) creates `ai_agents_owner`, which owns the
+#   database and runs migrations (CREATEDB here so tests can make throwaway databases), and
+#   `ai_agents_app`, what the API and worker use; neither is superuser nor BYPASSRLS, so
+#   row-level security is tested for real. The app role may only read what the owner creates
+#   (the migration history included); migrations grant it writes on their tables. The
+#   passwords are fixed development passwords, never used elsewhere.
 # - `up` and `test` stop on exit only what they started: services that were already
 #   running (the devShell starts them) stay up. `up` runs the API and the worker each in a
 #   session of its own, so Ctrl-C reaches only this script, which then sends each exactly
@@ -41,14 +42,19 @@
 #                             PostgreSQL 17 is found (default: /opt/ai-agents-pg17 for root,
 #                             else ~/.local/share/ai-agents-pg17)
 #   AI_AGENTS_DEV_USER        user that runs the servers when this script runs as root
+#   AI_AGENTS_INIT_ROLES_SCRIPT  the role set-up script (default: k8s/postgres/init-roles.sh
+#                             of the checkout; the Nix wrapper sets its copy in the store)
 set -euo pipefail
 
 readonly PROG=dev-services
 readonly PG_SUPERUSER=postgres
 readonly PG_SUPERUSER_PASSWORD=postgres
+# The names k8s/postgres/init-roles.sh gives them; the passwords are the role names.
 readonly DB_NAME=ai_agents
 readonly OWNER_ROLE=ai_agents_owner
 readonly APP_ROLE=ai_agents_app
+# k8s/postgres/init-roles.sh reads the passwords with psql's \getenv, new in psql 15.
+readonly PSQL_MIN_MAJOR=15
 readonly FALLBACK_USER=ai-agents-dev
 # The PostgreSQL major version production runs: what a new data directory gets.
 readonly PROD_PG_MAJOR=17
@@ -203,20 +209,29 @@ pg_bin_of_major() {
   return 1
 }
 
-# psql is only a client: any version works. The npm build of PostgreSQL has none.
+# Candidate psql clients, in order of preference: beside the server programs, PATH, the
+# newest /usr/lib/postgresql/*/bin. The npm build of PostgreSQL has none.
+psql_candidates() {
+  [[ -z ${PG_BIN:-} ]] || printf '%s\n' "$PG_BIN/psql"
+  command -v psql || true
+  printf '%s\n' /usr/lib/postgresql/*/bin/psql | sort -rV
+}
+
+# psql is only a client, of any server version, but at least $PSQL_MIN_MAJOR. Sets PSQL, or
+# PSQL_TOO_OLD to the newest one found when every one is older.
 find_psql() {
-  local candidate
-  if [[ -n ${PG_BIN:-} && -x $PG_BIN/psql ]]; then
-    PSQL=$PG_BIN/psql
-  elif PSQL=$(command -v psql); then
-    :
-  else
-    PSQL=
-    for candidate in /usr/lib/postgresql/*/bin/psql; do
-      [[ -x $candidate ]] && PSQL=$candidate
-    done
-  fi
-  [[ -n $PSQL ]]
+  local candidate version
+  PSQL='' PSQL_TOO_OLD=''
+  while IFS= read -r candidate; do
+    [[ -x $candidate ]] || continue
+    version=$("$candidate" --version 2>/dev/null) || continue
+    if [[ $version =~ \)\ ([0-9]+) ]] && ((BASH_REMATCH[1] >= PSQL_MIN_MAJOR)); then
+      PSQL=$candidate
+      return 0
+    fi
+    [[ -n $PSQL_TOO_OLD ]] || PSQL_TOO_OLD="$candidate ($version)"
+  done < <(psql_candidates)
+  return 1
 }
 
 find_tools() {
@@ -241,7 +256,12 @@ find_tools() {
   PG_BIN=$(cd -- "$dir" && pwd -P)
 
   if ! find_psql; then
-    log "error: psql (PostgreSQL client) not found. Install it:"
+    if [[ -n $PSQL_TOO_OLD ]]; then
+      log "error: psql $PSQL_MIN_MAJOR or newer is needed (k8s/postgres/init-roles.sh uses its \\getenv);"
+      log "the newest found is $PSQL_TOO_OLD. Install a newer client:"
+    else
+      log "error: psql (PostgreSQL client) not found. Install it:"
+    fi
     log "  Debian/Ubuntu: apt-get install postgresql-client    Nix: nix develop"
     exit 1
   fi
@@ -350,11 +370,6 @@ redis_ping() {
   [[ $("$REDIS_CLI" -h 127.0.0.1 -p "$1" ping 2>/dev/null) == PONG ]]
 }
 
-psql_admin() {
-  PGPASSWORD=$PG_SUPERUSER_PASSWORD PGCONNECT_TIMEOUT=5 \
-    "$PSQL" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U "$PG_SUPERUSER" "$@"
-}
-
 port_taken_error() {
   local what=$1 port=$2 var=$3
   log "error: port $port on 127.0.0.1 is already in use by another program, so $what cannot start."
@@ -389,34 +404,31 @@ pg_init() {
   mv -- "$tmp" "$PG_DATA"
 }
 
+# The deployments' own role set-up: beside this script in a checkout, else (the Nix wrapper,
+# nix/dev-services.nix) the copy in $AI_AGENTS_INIT_ROLES_SCRIPT.
+init_roles_script() {
+  local script=${AI_AGENTS_INIT_ROLES_SCRIPT:-}
+  [[ -n $script ]] || script=$(repo_root)/k8s/postgres/init-roles.sh
+  [[ -f $script ]] || die "the role set-up script $script does not exist (k8s/postgres/init-roles.sh of the checkout)"
+  printf '%s\n' "$script"
+}
+
+# Roles, database and privileges exactly as compose, Kubernetes and CI get them, by the same
+# script: what the owner creates is read-only for the app role (so _sqlx_migrations is), each
+# migration grants writes on its own tables, and a data directory made by an older version
+# of this script is brought in line. It connects over TCP as the superuser.
 pg_provision() {
-  log "creating roles $OWNER_ROLE, $APP_ROLE and database $DB_NAME (if missing)"
-  psql_admin -d postgres <<SQL
-SELECT format('CREATE ROLE %I LOGIN PASSWORD %L NOSUPERUSER NOBYPASSRLS CREATEDB', '$OWNER_ROLE', '$OWNER_ROLE')
-  WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$OWNER_ROLE')
-\gexec
-SELECT format('CREATE ROLE %I LOGIN PASSWORD %L NOSUPERUSER NOBYPASSRLS', '$APP_ROLE', '$APP_ROLE')
-  WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$APP_ROLE')
-\gexec
-SELECT format('CREATE DATABASE %I OWNER %I', '$DB_NAME', '$OWNER_ROLE')
-  WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '$DB_NAME')
-\gexec
-SQL
-  # As k8s/postgres/init-roles.sh: what the owner creates is read-only for the app role (so
-  # _sqlx_migrations is), and each migration grants writes on its own tables. The REVOKEs
-  # bring a data directory made by an older version of this script in line.
-  psql_admin -d "$DB_NAME" <<SQL
-GRANT USAGE ON SCHEMA public TO $APP_ROLE;
-ALTER DEFAULT PRIVILEGES FOR ROLE $OWNER_ROLE IN SCHEMA public
-  REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON TABLES FROM $APP_ROLE;
-ALTER DEFAULT PRIVILEGES FOR ROLE $OWNER_ROLE IN SCHEMA public
-  GRANT SELECT ON TABLES TO $APP_ROLE;
-ALTER DEFAULT PRIVILEGES FOR ROLE $OWNER_ROLE IN SCHEMA public
-  GRANT USAGE, SELECT ON SEQUENCES TO $APP_ROLE;
-SELECT 'REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON public._sqlx_migrations FROM $APP_ROLE'
-  WHERE to_regclass('public._sqlx_migrations') IS NOT NULL
-\gexec
-SQL
+  local script=$INIT_ROLES
+  log "creating roles $OWNER_ROLE, $APP_ROLE and database $DB_NAME if missing ($script)"
+  if ! PATH=$(dirname -- "$PSQL"):$PATH \
+    PGHOST=127.0.0.1 PGPORT=$PG_PORT PGCONNECT_TIMEOUT=5 \
+    POSTGRES_USER=$PG_SUPERUSER PGPASSWORD=$PG_SUPERUSER_PASSWORD POSTGRES_DB=postgres \
+    AI_AGENTS_OWNER_DB_PASSWORD=$OWNER_ROLE AI_AGENTS_APP_DB_PASSWORD=$APP_ROLE \
+    AI_AGENTS_OWNER_CREATEDB=true \
+    "$BASH" "$script" >"$LOG_DIR/init-roles.log" 2>&1; then
+    tail -n 20 -- "$LOG_DIR/init-roles.log" >&2 || true
+    die "the role set-up failed (full output in $LOG_DIR/init-roles.log)"
+  fi
 }
 
 pg_start() {
@@ -554,7 +566,9 @@ services_start() {
   find_tools
   choose_user create
   prepare_state_dir
-  # Check both ports first, so that a conflict leaves nothing half started.
+  # Check the role set-up script and both ports first, so that neither a missing script nor
+  # a conflict leaves anything half started.
+  INIT_ROLES=$(init_roles_script)
   if ! pg_running && port_in_use "$PG_PORT"; then
     port_taken_error PostgreSQL "$PG_PORT" "$PG_PORT_VAR"
   fi

@@ -174,7 +174,7 @@ let
         # in its comment; .ci/check-nix.sh fails when a program the tests start is not listed.
         nativeBuildInputs = [
           devServices # dev-services: starts PostgreSQL 17 and Redis 7 for the whole run (preCheck)
-          redis # redis-server: tests/worker.rs restarts a Redis of its own (AOF test)
+          redis # redis-server: tests/it/helpers/outage.rs starts a Redis of its own (OwnRedis)
           pkgs.coreutils # kill: the tests send SIGTERM/SIGKILL to the binaries they start
         ];
         preCheck = ''

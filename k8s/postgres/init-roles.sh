@@ -4,7 +4,9 @@
 # One script for every deployment that runs its own PostgreSQL:
 #   - docker compose mounts it into /docker-entrypoint-initdb.d/ of postgres:17-alpine;
 #   - the Kubernetes postgres StatefulSet gets it from a ConfigMap (kustomize configMapGenerator);
-#   - CI runs it against its postgres:17 service container (PGHOST/PGPASSWORD set).
+#   - CI runs it against its postgres:17 service container (PGHOST/PGPASSWORD set);
+#   - nix/dev-services.sh runs it against the development PostgreSQL (over TCP, with the fixed
+#     development passwords and AI_AGENTS_OWNER_CREATEDB=true).
 # The official image runs it once, on an empty data directory, as the superuser
 # ($POSTGRES_USER) over the Unix socket. Running it again is harmless: it creates what is
 # missing, resets the two passwords and brings the privileges in line.
@@ -19,8 +21,8 @@
 #                    stays read-only, so stolen app credentials cannot make migrations re-run
 #                    or break. Each migration grants INSERT/UPDATE/DELETE on its own tables.
 #
-# Environment (passwords are read by psql's \getenv: they never appear in a command line or
-# in the SQL text):
+# Environment (passwords are read by psql's \getenv, so psql 15 or newer: they never appear in
+# a command line or in the SQL text):
 #   AI_AGENTS_OWNER_DB_PASSWORD  required
 #   AI_AGENTS_APP_DB_PASSWORD    required
 #   AI_AGENTS_OWNER_CREATEDB     optional, "true" to grant CREATEDB to the owner (default false)

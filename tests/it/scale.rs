@@ -5,7 +5,7 @@
 //! Not part of every test run (it is `#[ignore]`d, and only meaningful in release mode):
 //!
 //! ```text
-//! cargo test --release --test scale -- --ignored --nocapture
+//! cargo test --release --test it -- scale:: --ignored --nocapture
 //! ```
 //!
 //! Per worker count it takes a fresh database and key prefix, queues the jobs through the real
@@ -18,9 +18,6 @@
 //! `AI_AGENTS_SCALE_JOBS` (20000), `AI_AGENTS_SCALE_WORKERS` (`1,2,4`) and
 //! `AI_AGENTS_SCALE_CONCURRENCY` (4, jobs in flight per worker) change the run. It fails only
 //! when a job is not completed, a worker does not stop cleanly, or the drain exceeds 10 min.
-#![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::{
     collections::HashMap,
@@ -28,12 +25,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::helpers::{TestApp, WORKER, command, procfs, redis_url, test_vars};
 use ai_agents::{db::scope::TenantTx, domain::TenantId};
-use common::{TestApp, procfs, redis_url, test_vars};
 use sqlx::PgPool;
 use tokio::{process::Child, task::JoinSet};
 
-const WORKER: &str = env!("CARGO_BIN_EXE_ai-agents-worker");
 const TENANT: &str = "scale";
 const SEEDING_CLIENTS: usize = 32;
 const DRAIN_LIMIT: Duration = Duration::from_secs(600);
@@ -138,7 +134,7 @@ async fn drain(
     let started = Instant::now();
     let mut children: Vec<Child> = (0..workers)
         .map(|_| {
-            common::command(WORKER, vars)
+            command(WORKER, vars)
                 .stdout(std::process::Stdio::inherit())
                 .stderr(std::process::Stdio::inherit())
                 .spawn()

@@ -1,11 +1,11 @@
 //! The enhancement and queue endpoints against a real API, PostgreSQL and Redis.
-#![allow(clippy::unwrap_used)]
 
-mod common;
-
-use common::{Outage, TestApp, TestDb, assert_problem, redis_url, via};
 use reqwest::Method;
 use serde_json::{Value, json};
+
+use crate::helpers::{
+    Outage, TestApp, TestDb, assert_problem, eventually, host_port, redis_url, via,
+};
 
 #[tokio::test]
 async fn create_stores_pending_row_and_queues_one_job() {
@@ -38,24 +38,10 @@ async fn create_stores_pending_row_and_queues_one_job() {
     }
 
     let id = created["id"].as_str().unwrap();
-    let fetched: Value = app
-        .req(Method::GET, &format!("/api/v1/enhancements/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let fetched = app.get_json(&format!("/api/v1/enhancements/{id}")).await;
     assert_eq!(fetched, created);
 
-    let stats: Value = app
-        .req(Method::GET, "/api/v1/queue/stats")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats = app.get_json("/api/v1/queue/stats").await;
     assert_eq!(
         stats,
         json!({"pending": 1, "in_flight": 0, "retrying": 0, "dead": 0})
@@ -161,17 +147,11 @@ async fn list_filters_and_pages_newest_first() {
     let mut seen = Vec::new();
     let mut cursor = String::new();
     loop {
-        let page: Value = app
-            .req(
-                Method::GET,
-                &format!("/api/v1/enhancements?tenant_id=a&limit=10&cursor={cursor}"),
-            )
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page = app
+            .get_json(&format!(
+                "/api/v1/enhancements?tenant_id=a&limit=10&cursor={cursor}"
+            ))
+            .await;
         for item in page["items"].as_array().unwrap() {
             assert_eq!(item["tenant_id"], "a");
             seen.push(item["id"].as_str().unwrap().to_owned());
@@ -184,44 +164,17 @@ async fn list_filters_and_pages_newest_first() {
     a_ids.reverse();
     assert_eq!(seen, a_ids, "every row once, newest first");
 
-    let all: Value = app
-        .req(Method::GET, "/api/v1/enhancements?limit=100")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let all = app.get_json("/api/v1/enhancements?limit=100").await;
     assert_eq!(all["items"].as_array().unwrap().len(), 30);
-    let pending: Value = app
-        .req(
-            Method::GET,
-            "/api/v1/enhancements?status=pending&tenant_id=b",
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let pending = app
+        .get_json("/api/v1/enhancements?status=pending&tenant_id=b")
+        .await;
     assert_eq!(pending["items"].as_array().unwrap().len(), 5);
-    let done: Value = app
-        .req(Method::GET, "/api/v1/enhancements?status=completed")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let done = app.get_json("/api/v1/enhancements?status=completed").await;
     assert_eq!(done["items"].as_array().unwrap().len(), 0);
-    let ghost: Value = app
-        .req(Method::GET, "/api/v1/enhancements?tenant_id=Not-Valid")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ghost = app
+        .get_json("/api/v1/enhancements?tenant_id=Not-Valid")
+        .await;
     assert_eq!(ghost["items"].as_array().unwrap().len(), 0);
 }
 
@@ -251,7 +204,7 @@ async fn deleting_a_tenant_removes_its_history() {
 
 #[tokio::test]
 async fn redis_down_means_503_fast_and_no_orphan_row() {
-    let redis = Outage::relay(&common::host_port(&redis_url())).await;
+    let redis = Outage::relay(&host_port(&redis_url())).await;
     let db = TestDb::new().await;
     let app_url = db.app_url.clone();
     let app = TestApp::spawn_with(db, &app_url, &via(&redis_url(), redis.addr), |_| {}).await;
@@ -280,14 +233,7 @@ async fn redis_down_means_503_fast_and_no_orphan_row() {
         .unwrap();
     assert_problem(stats, 503).await;
 
-    let rows: Value = app
-        .req(Method::GET, "/api/v1/enhancements?tenant_id=acme")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rows = app.get_json("/api/v1/enhancements?tenant_id=acme").await;
     let tickets: Vec<&str> = rows["items"]
         .as_array()
         .unwrap()
@@ -297,7 +243,7 @@ async fn redis_down_means_503_fast_and_no_orphan_row() {
     assert_eq!(tickets, vec!["before"], "no row without a job");
 
     redis.up();
-    let recovered = common::eventually(std::time::Duration::from_secs(10), || async {
+    let recovered = eventually(std::time::Duration::from_secs(10), || async {
         app.req(Method::POST, "/api/v1/enhancements")
             .json(&json!({"tenant_id": "acme", "ticket_id": "after"}))
             .send()
@@ -312,7 +258,7 @@ async fn redis_down_means_503_fast_and_no_orphan_row() {
 #[tokio::test]
 async fn database_down_means_503_and_recovery() {
     let db = TestDb::new().await;
-    let relay = Outage::relay(&common::host_port(&db.app_url)).await;
+    let relay = Outage::relay(&host_port(&db.app_url)).await;
     let app_url = via(&db.app_url, relay.addr);
     let app = TestApp::spawn_with(db, &app_url, &redis_url(), |_| {}).await;
     app.create_tenant("acme").await;
@@ -345,7 +291,7 @@ async fn database_down_means_503_and_recovery() {
     );
 
     relay.up();
-    let recovered = common::eventually(std::time::Duration::from_secs(10), || async {
+    let recovered = eventually(std::time::Duration::from_secs(10), || async {
         app.req(Method::GET, "/api/v1/tenants/acme")
             .send()
             .await

@@ -1,7 +1,4 @@
 //! The API under pressure: a burst bigger than its pool, and SIGTERM during steady load.
-#![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::{
     sync::{
@@ -11,9 +8,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{TestApp, TestDb, command, queue_prefix, redis_url, test_vars};
 use reqwest::Method;
-use serde_json::json;
+
+use crate::helpers::{
+    API, TEST_TOKEN, TestApp, TestDb, closed_port, command, eventually, queue_prefix, redis_url,
+    signal, tenant_body, test_vars,
+};
 
 #[tokio::test]
 async fn a_burst_larger_than_the_pool_gets_answers_or_503s_never_other_errors() {
@@ -35,13 +35,7 @@ async fn a_burst_larger_than_the_pool_gets_answers_or_503s_never_other_errors() 
             let begun = Instant::now();
             let response = app
                 .req(Method::POST, "/api/v1/tenants")
-                .json(&json!({
-                    "tenant_id": format!("burst-{i}"),
-                    "name": "Burst",
-                    "servicedesk_url": "https://x.example",
-                    "servicedesk_api_key": "k",
-                    "webhook_signing_secret": "s",
-                }))
+                .json(&tenant_body(&format!("burst-{i}")))
                 .send()
                 .await
                 .unwrap();
@@ -67,16 +61,14 @@ async fn a_burst_larger_than_the_pool_gets_answers_or_503s_never_other_errors() 
 #[tokio::test]
 async fn sigterm_during_load_completes_accepted_requests_and_exits_zero() {
     let db = TestDb::new().await;
-    let port = common::closed_port();
+    let port = closed_port();
     let mut vars = test_vars(&db.app_url, &redis_url(), &queue_prefix());
     vars.insert("AI_AGENTS_BIND_ADDR".into(), format!("127.0.0.1:{port}"));
-    let server = command(env!("CARGO_BIN_EXE_ai-agents-api"), &vars)
-        .spawn()
-        .unwrap();
+    let server = command(API, &vars).spawn().unwrap();
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
     assert!(
-        common::eventually(Duration::from_secs(10), || async {
+        eventually(Duration::from_secs(10), || async {
             client.get(format!("{base}/health")).send().await.is_ok()
         })
         .await
@@ -95,7 +87,7 @@ async fn sigterm_during_load_completes_accepted_requests_and_exits_zero() {
                 let signalled = stop.load(Ordering::SeqCst);
                 match client
                     .get(format!("{base}/api/v1/tenants"))
-                    .bearer_auth(common::TEST_TOKEN)
+                    .bearer_auth(TEST_TOKEN)
                     .send()
                     .await
                 {
@@ -115,16 +107,10 @@ async fn sigterm_during_load_completes_accepted_requests_and_exits_zero() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let pid = server.id().unwrap().to_string();
+    let pid = server.id().unwrap();
     stop.store(true, Ordering::SeqCst);
     let signalled_at = Instant::now();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    assert!(signal(pid, "TERM"));
     let output = tokio::time::timeout(Duration::from_secs(10), server.wait_with_output())
         .await
         .unwrap()

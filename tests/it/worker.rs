@@ -1,485 +1,25 @@
 //! The worker as operators run it: a real `ai-agents-worker` process against real PostgreSQL and
-//! Redis, no mocks.
-//!
-//! Every test gets its own database (migrated by the owner, used by the worker as the application
-//! role) and its own Redis key prefix. Failures and slowness are injected by triggers the test
-//! installs as the owner in its own database:
-//!
-//! * `test_on_processing` fires when a row moves to `processing` (the start of every attempt).
-//!   Per ticket it can sleep, count the attempt in a sequence (`attempts_TICKET`; sequences are
-//!   not transactional, so a counted attempt stays counted when the trigger then fails it) and
-//!   raise SQLSTATE 40001 (serialization failure, a transient error) for the first
-//!   `fail_times` attempts. The ticket `*` applies its sleep to every row.
-//! * `test_count_completion` records every transition to `completed` in `test_completions`, so
-//!   "exactly once" is counted by the database itself.
-
-mod common;
+//! Redis, no mocks; failures and slowness are injected by the probes of the worker harness
+//! ([`crate::helpers::worker`]).
 
 use std::{
     collections::HashMap,
-    process::ExitStatus,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
-use ai_agents::{
-    config::{Config, Requirements},
-    queue::{DeadLetter, GROUP, Job, JobKind, Queue, QueueStats, RedisPool},
-};
-use common::{TestApp, TestDb, eventually, queue_prefix, test_vars};
-use sqlx::{AssertSqlSafe, PgPool};
-use tokio::{
-    io::{AsyncBufReadExt, AsyncRead, BufReader},
-    process::Child,
-    task::JoinSet,
-};
+use ai_agents::queue::{GROUP, Job, JobKind, Queue, QueueStats};
+use tokio::task::JoinSet;
 use uuid::Uuid;
 
-const WORKER: &str = env!("CARGO_BIN_EXE_ai-agents-worker");
-const TENANT: &str = "acme";
-
-/// The probes every test database gets (see the module documentation).
-const PROBES: &str = r#"
-CREATE TABLE test_plan (
-    ticket_id  text    PRIMARY KEY,
-    fail_times integer NOT NULL DEFAULT 0,
-    sleep_ms   integer NOT NULL DEFAULT 0
-);
-CREATE TABLE test_completions (
-    enhancement_id uuid        NOT NULL,
-    at             timestamptz NOT NULL DEFAULT clock_timestamp()
-);
-
-CREATE FUNCTION test_on_processing() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = public AS $$
-DECLARE
-    planned test_plan;
-    attempt bigint;
-BEGIN
-    SELECT * INTO planned FROM test_plan
-    WHERE ticket_id IN (NEW.ticket_id, '*')
-    ORDER BY ticket_id = '*'
-    LIMIT 1;
-    IF NOT FOUND THEN
-        RETURN NEW;
-    END IF;
-    -- Counted before the sleep: an attempt whose worker is killed while it sleeps counts.
-    IF planned.ticket_id <> '*' THEN
-        attempt := nextval(format('%I', 'attempts_' || planned.ticket_id)::regclass);
-    END IF;
-    IF planned.sleep_ms > 0 THEN
-        PERFORM pg_sleep(planned.sleep_ms / 1000.0);
-    END IF;
-    IF planned.ticket_id <> '*' THEN
-        IF attempt <= planned.fail_times THEN
-            RAISE EXCEPTION 'injected failure % of ticket %', attempt, NEW.ticket_id
-                USING ERRCODE = '40001';
-        END IF;
-    END IF;
-    RETURN NEW;
-END;
-$$;
-CREATE TRIGGER test_on_processing
-    BEFORE UPDATE ON enhancement_history
-    FOR EACH ROW WHEN (NEW.status = 'processing')
-    EXECUTE FUNCTION test_on_processing();
-
-CREATE FUNCTION test_count_completion() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = public AS $$
-BEGIN
-    INSERT INTO test_completions (enhancement_id) VALUES (NEW.id);
-    RETURN NULL;
-END;
-$$;
-CREATE TRIGGER test_count_completion
-    AFTER UPDATE ON enhancement_history
-    FOR EACH ROW WHEN (NEW.status = 'completed' AND OLD.status IS DISTINCT FROM 'completed')
-    EXECUTE FUNCTION test_count_completion();
-"#;
-
-/// A row of `enhancement_history`, as the tests look at it.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
-struct Row {
-    id: Uuid,
-    ticket_id: String,
-    status: String,
-    error_message: Option<String>,
-    processing_time_ms: Option<i32>,
-    completed_at: Option<chrono::DateTime<chrono::Utc>>,
-    updated_at: chrono::DateTime<chrono::Utc>,
-}
-
-/// A test's database, queue and worker settings.
-struct Env {
-    app_url: String,
-    owner: PgPool,
-    prefix: String,
-    redis_url: String,
-    queue: Queue,
-}
-
-impl Env {
-    /// A fresh database with the probes and the tenant, on the shared Redis.
-    async fn new() -> Self {
-        Self::on_redis(&common::redis_url()).await
-    }
-
-    /// A fresh database with the probes and the tenant, on `redis_url`.
-    async fn on_redis(redis_url: &str) -> Self {
-        let db = TestDb::new().await;
-        let prefix = queue_prefix();
-        let env = Self {
-            owner: db.owner_pool().await,
-            app_url: db.app_url.clone(),
-            queue: Queue::new(redis_pool(redis_url), &prefix),
-            prefix,
-            redis_url: redis_url.to_owned(),
-        };
-        env.install_probes().await;
-        env.insert_tenant().await;
-        env
-    }
-
-    /// The database and prefix of a running API (its tenants are created through HTTP).
-    async fn of_app(app: &TestApp) -> Self {
-        let env = Self {
-            owner: app.db.owner_pool().await,
-            app_url: app.db.app_url.clone(),
-            prefix: app.prefix.clone(),
-            redis_url: common::redis_url(),
-            queue: app.queue.clone(),
-        };
-        env.install_probes().await;
-        env
-    }
-
-    async fn install_probes(&self) {
-        sqlx::raw_sql(PROBES)
-            .execute(&self.owner)
-            .await
-            .expect("probes install");
-    }
-
-    async fn insert_tenant(&self) {
-        let mut tx = self.tenant_tx().await;
-        sqlx::query(
-            "INSERT INTO tenant_configs (tenant_id, name, servicedesk_url,
-                 servicedesk_api_key_encrypted, webhook_signing_secret_encrypted)
-             VALUES ($1, 'Acme', 'https://desk.example.com', 'v1:unused', 'v1:unused')",
-        )
-        .bind(TENANT)
-        .execute(&mut *tx)
-        .await
-        .expect("tenant inserted");
-        tx.commit().await.expect("commit");
-    }
-
-    /// A transaction of the owner in which row-level security admits the tenant's rows.
-    async fn tenant_tx(&self) -> sqlx::Transaction<'static, sqlx::Postgres> {
-        let mut tx = self.owner.begin().await.expect("begin");
-        sqlx::query("SELECT set_config('app.current_tenant_id', $1, true)")
-            .bind(TENANT)
-            .execute(&mut *tx)
-            .await
-            .expect("tenant scope");
-        tx
-    }
-
-    /// Makes the first `fail_times` attempts of `ticket` fail transiently, each after `sleep_ms`,
-    /// and counts its attempts.
-    async fn plan(&self, ticket: &str, fail_times: i32, sleep_ms: i32) {
-        sqlx::query("INSERT INTO test_plan (ticket_id, fail_times, sleep_ms) VALUES ($1, $2, $3)")
-            .bind(ticket)
-            .bind(fail_times)
-            .bind(sleep_ms)
-            .execute(&self.owner)
-            .await
-            .expect("plan stored");
-        if ticket != "*" {
-            sqlx::query(AssertSqlSafe(format!(
-                r#"CREATE SEQUENCE "attempts_{ticket}""#
-            )))
-            .execute(&self.owner)
-            .await
-            .expect("attempt counter");
-        }
-    }
-
-    /// Attempts made so far on a planned ticket.
-    async fn attempts(&self, ticket: &str) -> i64 {
-        sqlx::query_scalar(AssertSqlSafe(format!(
-            r#"SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM "attempts_{ticket}""#
-        )))
-        .fetch_one(&self.owner)
-        .await
-        .expect("attempt counter")
-    }
-
-    /// Stores `pending` rows for `tickets` (as the API does, without queueing); their ids.
-    async fn insert(&self, tickets: &[String]) -> Vec<Uuid> {
-        let ids: Vec<Uuid> = tickets.iter().map(|_| Uuid::now_v7()).collect();
-        let mut tx = self.tenant_tx().await;
-        sqlx::query(
-            "INSERT INTO enhancement_history (id, tenant_id, ticket_id, status)
-             SELECT id, $2, ticket, 'pending' FROM UNNEST($1::uuid[], $3::text[]) AS t(id, ticket)",
-        )
-        .bind(&ids)
-        .bind(TENANT)
-        .bind(tickets)
-        .execute(&mut *tx)
-        .await
-        .expect("rows inserted");
-        tx.commit().await.expect("commit");
-        ids
-    }
-
-    /// `n` rows with tickets `T-0` … and their jobs queued.
-    async fn insert_and_enqueue(&self, n: usize) -> Vec<Uuid> {
-        let tickets: Vec<String> = (0..n).map(|i| format!("T-{i}")).collect();
-        let ids = self.insert(&tickets).await;
-        self.enqueue(&ids).await;
-        ids
-    }
-
-    async fn enqueue(&self, ids: &[Uuid]) {
-        for id in ids {
-            self.queue
-                .enqueue(&enhancement_job(*id))
-                .await
-                .expect("job queued");
-        }
-    }
-
-    async fn rows(&self) -> Vec<Row> {
-        let mut tx = self.tenant_tx().await;
-        let rows = sqlx::query_as(
-            "SELECT id, ticket_id, status, error_message, processing_time_ms, completed_at,
-                    updated_at
-             FROM enhancement_history ORDER BY id",
-        )
-        .fetch_all(&mut *tx)
-        .await
-        .expect("rows");
-        tx.commit().await.expect("commit");
-        rows
-    }
-
-    async fn row(&self, id: Uuid) -> Row {
-        self.rows()
-            .await
-            .into_iter()
-            .find(|r| r.id == id)
-            .expect("row exists")
-    }
-
-    /// Rows per status.
-    async fn statuses(&self) -> HashMap<String, i64> {
-        let mut tx = self.tenant_tx().await;
-        let counts: Vec<(String, i64)> =
-            sqlx::query_as("SELECT status, count(*) FROM enhancement_history GROUP BY status")
-                .fetch_all(&mut *tx)
-                .await
-                .expect("counts");
-        tx.commit().await.expect("commit");
-        counts.into_iter().collect()
-    }
-
-    /// Transitions to `completed` recorded by the trigger: (all, distinct rows, most per row).
-    async fn completions(&self) -> (i64, i64, i64) {
-        sqlx::query_as(
-            "SELECT count(*),
-                    count(DISTINCT enhancement_id),
-                    coalesce((SELECT max(n) FROM (SELECT count(*) AS n FROM test_completions
-                                                  GROUP BY enhancement_id) per_row), 0)
-             FROM test_completions",
-        )
-        .fetch_one(&self.owner)
-        .await
-        .expect("completions")
-    }
-
-    async fn completed(&self) -> i64 {
-        self.completions().await.0
-    }
-
-    async fn stats(&self) -> QueueStats {
-        self.queue.stats().await.expect("queue stats")
-    }
-
-    async fn dead_letters(&self) -> Vec<DeadLetter> {
-        self.queue.dead_letters(100).await.expect("dead letters")
-    }
-
-    /// Worker variables: the test configuration, quick retries and reclaim, then `extra`.
-    fn worker_vars(&self, extra: &[(&str, &str)]) -> HashMap<String, String> {
-        let mut vars = test_vars(&self.app_url, &self.redis_url, &self.prefix);
-        let defaults = [
-            ("AI_AGENTS_WORKER_CONCURRENCY", "4"),
-            ("AI_AGENTS_DATABASE_POOL_SIZE", "8"),
-            ("AI_AGENTS_WORKER_MAX_RETRIES", "3"),
-            ("AI_AGENTS_WORKER_RETRY_BASE_MS", "200"),
-            ("AI_AGENTS_WORKER_RECLAIM_AFTER_SECS", "12"),
-            ("AI_AGENTS_TASK_SOFT_TIME_LIMIT_SECS", "8"),
-            ("AI_AGENTS_TASK_TIME_LIMIT_SECS", "10"),
-            // The tests' slow rows sleep up to 5 s in one statement.
-            ("AI_AGENTS_DATABASE_STATEMENT_TIMEOUT_MS", "20000"),
-        ];
-        for (name, value) in defaults.iter().chain(extra) {
-            vars.insert((*name).to_owned(), (*value).to_owned());
-        }
-        vars
-    }
-
-    /// Runs one Redis command on the test's connection.
-    async fn redis<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> T {
-        let mut conn = self.queue.redis().get();
-        cmd.query_async(&mut conn).await.expect("redis command")
-    }
-
-    /// Whether a worker's heartbeat is in Redis.
-    async fn worker_alive(&self) -> bool {
-        let keys: Vec<String> = self
-            .redis(redis::cmd("KEYS").arg(format!("{}:alive:*", self.prefix)))
-            .await;
-        !keys.is_empty()
-    }
-}
-
-/// A Redis connection pool with the test settings.
-fn redis_pool(redis_url: &str) -> RedisPool {
-    let vars = test_vars("postgres://unused@127.0.0.1/unused", redis_url, "unused");
-    let config = Config::from_map(&vars, Requirements::Worker).expect("test config is valid");
-    RedisPool::new(&config.redis).expect("redis url")
-}
-
-fn enhancement_job(id: Uuid) -> Job {
-    Job::new(JobKind::Enhancement {
-        enhancement_id: id,
-        tenant_id: TENANT.to_owned(),
-    })
-}
-
-fn stats(pending: u64, in_flight: u64, retrying: u64, dead: u64) -> QueueStats {
-    QueueStats {
-        pending,
-        in_flight,
-        retrying,
-        dead,
-    }
-}
-
-/// A running `ai-agents-worker` whose output is collected (so it never blocks on a full pipe).
-struct Worker {
-    child: Child,
-    log: Arc<Mutex<String>>,
-}
-
-impl Worker {
-    fn start(vars: &HashMap<String, String>) -> Self {
-        let mut child = common::command(WORKER, vars)
-            .spawn()
-            .expect("worker starts");
-        let log = Arc::new(Mutex::new(String::new()));
-        if let Some(out) = child.stdout.take() {
-            tokio::spawn(collect(out, Arc::clone(&log)));
-        }
-        if let Some(err) = child.stderr.take() {
-            tokio::spawn(collect(err, Arc::clone(&log)));
-        }
-        Self { child, log }
-    }
-
-    /// Sends a signal by name (`TERM`, `KILL`).
-    fn signal(&self, name: &str) {
-        let pid = self.child.id().expect("worker still running");
-        let status = std::process::Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(pid.to_string())
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill -{name} {pid} failed");
-    }
-
-    /// SIGKILL, and reap.
-    async fn kill9(&mut self) {
-        self.signal("KILL");
-        self.exit(Duration::from_secs(5))
-            .await
-            .expect("a killed worker exits");
-    }
-
-    /// Waits up to `limit` for the process to end.
-    async fn exit(&mut self, limit: Duration) -> Option<ExitStatus> {
-        tokio::time::timeout(limit, self.child.wait())
-            .await
-            .ok()
-            .map(|status| status.expect("wait for worker"))
-    }
-
-    /// The last lines of its output, for failure messages.
-    fn log(&self) -> String {
-        let log = self.log.lock().expect("log lock");
-        let start = log.len().saturating_sub(6000);
-        let start = (start..log.len())
-            .find(|i| log.is_char_boundary(*i))
-            .unwrap_or(log.len());
-        log[start..].to_owned()
-    }
-}
-
-impl Drop for Worker {
-    /// SIGTERM rather than `kill_on_drop`'s SIGKILL, so the worker writes its coverage profile;
-    /// the test's grace period is 5 s.
-    fn drop(&mut self) {
-        common::terminate(&mut self.child, Duration::from_secs(8));
-    }
-}
-
-async fn collect(reader: impl AsyncRead + Unpin, log: Arc<Mutex<String>>) {
-    let mut lines = BufReader::new(reader).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        let mut log = log.lock().expect("log lock");
-        log.push_str(&line);
-        log.push('\n');
-    }
-}
-
-/// Waits until `n` transitions to `completed` were recorded, or `limit` passes.
-async fn until_completed(env: &Env, n: i64, limit: Duration) -> bool {
-    eventually(limit, || async { env.completed().await >= n }).await
-}
-
-/// Waits until the queue is empty (nothing pending, in flight or retrying) with `dead` letters.
-async fn until_idle(env: &Env, dead: u64, limit: Duration) -> bool {
-    eventually(limit, || async {
-        env.stats().await == stats(0, 0, 0, dead)
-    })
-    .await
-}
-
-/// Every row completed exactly once, with its processing time and completion time.
-async fn assert_all_completed_once(env: &Env, n: usize, worker_log: &str) {
-    let rows = env.rows().await;
-    assert_eq!(rows.len(), n);
-    let unfinished: Vec<&Row> = rows
-        .iter()
-        .filter(|r| {
-            r.status != "completed" || r.processing_time_ms.is_none() || r.completed_at.is_none()
-        })
-        .collect();
-    assert!(
-        unfinished.is_empty(),
-        "{} rows not completed, e.g. {:?}\n{worker_log}",
-        unfinished.len(),
-        unfinished.first()
-    );
-    let expected = i64::try_from(n).expect("small n");
-    assert_eq!(
-        env.completions().await,
-        (expected, expected, 1),
-        "each row must move to `completed` exactly once"
-    );
-}
+use crate::helpers::{
+    Outage, OwnRedis, TestApp, TestDb, WORKER, command, eventually, host_port, queue_prefix,
+    redis_pool, redis_url, test_vars, via,
+    worker::{
+        Env, TENANT, Worker, assert_all_completed_once, enhancement_job, stats, until_completed,
+        until_idle,
+    },
+};
 
 // 1 ------------------------------------------------------------------------------------------
 
@@ -546,7 +86,7 @@ async fn a_thousand_jobs_complete_exactly_once() {
 async fn a_request_cut_by_its_deadline_leaves_no_row_without_a_job() {
     let db = TestDb::new().await;
     let url = db.app_url.clone();
-    let app = TestApp::spawn_with(db, &url, &common::redis_url(), |vars| {
+    let app = TestApp::spawn_with(db, &url, &redis_url(), |vars| {
         vars.insert("AI_AGENTS_REQUEST_TIMEOUT_SECS".into(), "2".into());
         vars.insert(
             "AI_AGENTS_DATABASE_STATEMENT_TIMEOUT_MS".into(),
@@ -994,7 +534,7 @@ async fn sigterm_abandons_a_job_longer_than_the_grace_and_it_comes_back() {
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_restart_with_aof_keeps_queued_jobs() {
     const N: usize = 50;
-    let mut redis = common::OwnRedis::start().await;
+    let mut redis = OwnRedis::start().await;
     let env = Env::on_redis(&redis.url()).await;
     env.insert_and_enqueue(N).await;
     // A consumer that took two jobs and will never come back (no heartbeat).
@@ -1043,8 +583,8 @@ async fn postgres_outage_mid_drain_is_ridden_out() {
     let env = Env::new().await;
     env.plan("*", 0, 20).await;
     env.insert_and_enqueue(N).await;
-    let relay = common::Outage::relay(&common::host_port(&env.app_url)).await;
-    let through_relay = common::via(&env.app_url, relay.addr);
+    let relay = Outage::relay(&host_port(&env.app_url)).await;
+    let through_relay = via(&env.app_url, relay.addr);
     let worker = Worker::start(&env.worker_vars(&[
         ("AI_AGENTS_DATABASE_URL", &through_relay),
         ("AI_AGENTS_WORKER_RETRY_BASE_MS", "500"),
@@ -1109,7 +649,7 @@ async fn ping_answers_only_with_a_worker_running() {
         let started = Instant::now();
         let output = tokio::time::timeout(
             Duration::from_secs(20),
-            common::command(WORKER, &vars).arg("ping").output(),
+            command(WORKER, &vars).arg("ping").output(),
         )
         .await
         .expect("ping ends")
@@ -1477,7 +1017,7 @@ async fn dead_letters_can_be_listed_retried_and_purged() {
     assert_eq!(env.row(ids[0]).await.status, "failed");
 
     let dead = |args: &[&str]| {
-        let mut command = common::command(WORKER, &vars);
+        let mut command = command(WORKER, &vars);
         command.arg("dead").args(args);
         async move {
             let output = command.output().await.expect("runs");

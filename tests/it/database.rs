@@ -1,10 +1,8 @@
 //! Migrations and row-level security against a real PostgreSQL.
-#![allow(clippy::unwrap_used)]
 
-mod common;
-
-use common::TestDb;
 use sqlx::{Connection, PgConnection, Row};
+
+use crate::helpers::{TestDb, app_role, owner_url};
 
 /// A description of the schema: tables, columns, indexes, policies, triggers, RLS flags.
 async fn schema(conn: &mut PgConnection) -> Vec<String> {
@@ -90,8 +88,8 @@ async fn migration_sql_is_safe_to_rerun_by_hand() {
     let mut conn = PgConnection::connect(&db.owner_url).await.unwrap();
     let before = schema(&mut conn).await;
     for up in [
-        include_str!("../migrations/20261125000001_initial_schema.up.sql"),
-        include_str!("../migrations/20261130000001_job_claims.up.sql"),
+        include_str!("../../migrations/20261125000001_initial_schema.up.sql"),
+        include_str!("../../migrations/20261130000001_job_claims.up.sql"),
     ] {
         sqlx::raw_sql(sqlx::AssertSqlSafe(up))
             .execute(&mut conn)
@@ -116,12 +114,13 @@ async fn roles_are_not_privileged() {
     }
 }
 
-/// The privileges that the deployment's role set-up gives (`nix/dev-services.sh` made the
-/// database these tests run against, `k8s/postgres/init-roles.sh` the one of CI): a table the
-/// owner creates, as sqlx creates `_sqlx_migrations`, is only readable by the application role.
+/// The privileges that the deployment's role set-up gives (`k8s/postgres/init-roles.sh`, run by
+/// `nix/dev-services.sh` for the database these tests run against and by CI for its own): a
+/// table the owner creates, as sqlx creates `_sqlx_migrations`, is only readable by the
+/// application role.
 #[tokio::test]
 async fn provisioned_database_gives_the_app_role_read_only_new_tables() {
-    let mut owner = PgConnection::connect(&common::owner_url()).await.unwrap();
+    let mut owner = PgConnection::connect(&owner_url()).await.unwrap();
     let mut tx = owner.begin().await.unwrap();
     let table = format!("acl_probe_{}", uuid::Uuid::new_v4().simple());
     sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -133,7 +132,7 @@ async fn provisioned_database_gives_the_app_role_read_only_new_tables() {
     let mut granted = Vec::new();
     for privilege in ["SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE"] {
         let has: bool = sqlx::query_scalar("SELECT has_table_privilege($1, $2, $3)")
-            .bind(common::app_role())
+            .bind(app_role())
             .bind(format!("public.{table}"))
             .bind(privilege)
             .fetch_one(&mut *tx)

@@ -2,20 +2,23 @@
 //! `ai-agents-api` binary, PostgreSQL and Redis, on 127.0.0.1 with bounded loads. Each test
 //! prints the figure the contract promises something about.
 
-mod common;
-
 use std::{
     collections::HashMap,
     net::SocketAddr,
     time::{Duration, Instant},
 };
 
-use common::{ApiProcess, OwnRedis, TEST_TOKEN, TestDb, queue_prefix, redis_url, test_vars};
+use ai_agents::queue::Queue;
 use serde_json::{Value, json};
 use sqlx::{Connection, Executor, PgConnection};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
+};
+
+use crate::helpers::{
+    ApiProcess, OwnRedis, TEST_TOKEN, TestDb, assert_problem, closed_port, content_type,
+    eventually, queue_prefix, redis_pool, redis_url, test_vars, worker::Worker,
 };
 
 /// Variables of an API on a fresh database, with `extra` on top.
@@ -34,21 +37,6 @@ fn authorised(
     url: String,
 ) -> reqwest::RequestBuilder {
     client.request(method, url).bearer_auth(TEST_TOKEN)
-}
-
-async fn create_tenant(api: &ApiProcess, client: &reqwest::Client, tenant: &str) {
-    let response = authorised(client, reqwest::Method::POST, api.url("/api/v1/tenants"))
-        .json(&json!({
-            "tenant_id": tenant,
-            "name": format!("Tenant {tenant}"),
-            "servicedesk_url": "https://desk.example.com",
-            "servicedesk_api_key": "k",
-            "webhook_signing_secret": "w",
-        }))
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(response.status(), 201, "{:?}", response.text().await);
 }
 
 /// Reads what the server sends until it closes the connection or `limit` passes; the bytes
@@ -232,8 +220,8 @@ async fn a_locked_row_holds_up_only_its_own_tenant() {
     let (db, vars) = api_vars(&[("AI_AGENTS_DATABASE_POOL_SIZE", "10")]).await;
     let api = ApiProcess::start(vars).await;
     let client = reqwest::Client::new();
-    create_tenant(&api, &client, "a").await;
-    create_tenant(&api, &client, "b").await;
+    api.create_tenant("a").await;
+    api.create_tenant("b").await;
 
     // Another session locks tenant a's row and keeps its transaction open.
     let mut locker = PgConnection::connect(&db.app_url).await.expect("connect");
@@ -257,14 +245,7 @@ async fn a_locked_row_holds_up_only_its_own_tenant() {
             .json(&json!({"name": format!("rename {i}")}));
             tokio::spawn(async move {
                 let response = request.send().await.expect("request");
-                let status = response.status().as_u16();
-                let content_type = response
-                    .headers()
-                    .get("content-type")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_owned();
-                (status, content_type)
+                (response.status().as_u16(), content_type(&response))
             })
         })
         .collect();
@@ -331,7 +312,7 @@ async fn the_first_requests_after_a_redis_restart_succeed() {
     vars.insert("AI_AGENTS_REDIS_MAX_CONNECTIONS".into(), "10".into());
     let api = ApiProcess::start(vars).await;
     let client = reqwest::Client::new();
-    create_tenant(&api, &client, "acme").await;
+    api.create_tenant("acme").await;
     let post = || {
         authorised(
             &client,
@@ -403,11 +384,11 @@ async fn internal_servicedesk_urls_are_refused_unless_allowed() {
     };
     for (i, url) in INTERNAL.iter().enumerate() {
         let response = create(&api, format!("t{i}"), url).await.expect("request");
-        let body = common::assert_problem(response, 400).await;
+        let body = assert_problem(response, 400).await;
         println!("{url}: 400 {}", body["detail"]);
     }
     // PATCH follows the same rule.
-    create_tenant(&api, &client, "public").await;
+    api.create_tenant("public").await;
     let patch = authorised(
         &client,
         reqwest::Method::PATCH,
@@ -417,7 +398,7 @@ async fn internal_servicedesk_urls_are_refused_unless_allowed() {
     .send()
     .await
     .expect("request");
-    common::assert_problem(patch, 400).await;
+    assert_problem(patch, 400).await;
     drop(api);
 
     let mut allowed = vars;
@@ -453,7 +434,7 @@ async fn oversized_heads_get_problem_answers() {
         .send()
         .await
         .expect("request");
-    let body = common::assert_problem(response, 431).await;
+    let body = assert_problem(response, 431).await;
     println!("200 headers: 431 {}", body["detail"]);
 
     let response = client
@@ -462,7 +443,7 @@ async fn oversized_heads_get_problem_answers() {
         .send()
         .await
         .expect("request");
-    let body = common::assert_problem(response, 431).await;
+    let body = assert_problem(response, 431).await;
     println!("one 500 KB header: 431 {}", body["detail"]);
 
     // A request line hyper cannot parse never reaches the API: hyper answers 400 itself, with
@@ -484,7 +465,7 @@ async fn oversized_heads_get_problem_answers() {
 
 #[tokio::test]
 async fn metrics_can_have_a_port_of_their_own() {
-    let metrics_port = common::closed_port();
+    let metrics_port = closed_port();
     let metrics_addr = format!("127.0.0.1:{metrics_port}");
     let (_db, vars) = api_vars(&[("AI_AGENTS_API_METRICS_ADDR", &metrics_addr)]).await;
     let api = ApiProcess::start(vars).await;
@@ -494,7 +475,7 @@ async fn metrics_can_have_a_port_of_their_own() {
         .send()
         .await
         .expect("request");
-    common::assert_problem(on_api, 404).await;
+    assert_problem(on_api, 404).await;
     let own = client
         .get(format!("http://{metrics_addr}/metrics"))
         .send()
@@ -520,7 +501,7 @@ async fn an_enqueue_lost_in_a_frozen_redis_leaves_no_dead_letter() {
     vars.insert("AI_AGENTS_REDIS_POOL_TIMEOUT_SECS".into(), "1".into());
     let api = ApiProcess::start(vars.clone()).await;
     let client = reqwest::Client::new();
-    create_tenant(&api, &client, "acme").await;
+    api.create_tenant("acme").await;
 
     // Frozen: the XADDs are buffered, the API gives up after the pool timeout.
     redis.freeze();
@@ -545,24 +526,9 @@ async fn an_enqueue_lost_in_a_frozen_redis_leaves_no_dead_letter() {
     worker_vars.insert("AI_AGENTS_TASK_TIME_LIMIT_SECS".into(), "10".into());
     worker_vars.insert("AI_AGENTS_TASK_SOFT_TIME_LIMIT_SECS".into(), "8".into());
     worker_vars.insert("AI_AGENTS_WORKER_RECLAIM_AFTER_SECS".into(), "12".into());
-    let _worker = common::command(env!("CARGO_BIN_EXE_ai-agents-worker"), &worker_vars)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("worker starts");
-    let queue = ai_agents::queue::Queue::new(
-        ai_agents::queue::RedisPool::new(
-            &ai_agents::config::Config::from_map(
-                &test_vars(&db.app_url, &redis.url(), &prefix),
-                ai_agents::config::Requirements::Worker,
-            )
-            .expect("config")
-            .redis,
-        )
-        .expect("pool"),
-        &prefix,
-    );
-    let settled = common::eventually(Duration::from_secs(15), || async {
+    let _worker = Worker::start(&worker_vars);
+    let queue = Queue::new(redis_pool(&redis.url()), &prefix);
+    let settled = eventually(Duration::from_secs(15), || async {
         queue
             .outcomes()
             .await

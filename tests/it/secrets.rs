@@ -1,10 +1,5 @@
 //! `ai-agents-api secrets verify|rotate` as an operator runs them: the real binary, as the
 //! application role, against a real database; and what a ciphertext moved to another row does.
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
-use std::{collections::HashMap, time::Duration};
 
 use aes_gcm::{
     Aes256Gcm, Key, KeyInit, Nonce,
@@ -19,27 +14,18 @@ use ai_agents::{
     domain::TenantId,
 };
 use base64::{Engine, engine::general_purpose::STANDARD};
-use common::{TEST_KEY, TestApp, TestDb, command, test_vars};
 use reqwest::Method;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
 
-const API: &str = env!("CARGO_BIN_EXE_ai-agents-api");
+use crate::helpers::{API, Run, TEST_KEY, TestApp, TestDb, run, test_vars};
+
 /// The key a rotation moves to (TEST_KEY is the one the test apps start with).
 const NEW_KEY: &str = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
 
-/// The output of one run of the binary.
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    /// The last report line: the summary.
-    fn summary(&self) -> &str {
-        report(self).last().copied().unwrap_or_default()
-    }
+/// The last report line of a run: the summary.
+fn summary(run: &Run) -> &str {
+    report(run).last().copied().unwrap_or_default()
 }
 
 /// Runs `ai-agents-api secrets MODE` as the application role with `current` and `old` keys.
@@ -53,22 +39,7 @@ async fn secrets(db: &TestDb, mode: &str, current: &str, old: &[&str]) -> Run {
     // Everything the binary can log, so that the output checks below see it all.
     vars.insert("AI_AGENTS_LOG_LEVEL".into(), "debug".into());
     vars.insert("AI_AGENTS_LOG_FORMAT".into(), "json".into());
-    run_with(&vars, &["secrets", mode]).await
-}
-
-async fn run_with(vars: &HashMap<String, String>, args: &[&str]) -> Run {
-    let output = tokio::time::timeout(
-        Duration::from_secs(60),
-        command(API, vars).args(args).output(),
-    )
-    .await
-    .expect("finishes")
-    .unwrap();
-    Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    run(API, &["secrets", mode], &vars).await
 }
 
 /// The report lines of a run (stdout without the JSON log lines).
@@ -153,6 +124,8 @@ async fn assert_nothing_secret_in(runs: &[&Run], pool: &PgPool, tenants: &[&str]
     }
 }
 
+/// Creates the tenant `id` with secrets that start with `PLAINTEXT`, the marker
+/// [`assert_nothing_secret_in`] looks for.
 async fn create_tenant(app: &TestApp, id: &str) {
     let response = app
         .req(Method::POST, "/api/v1/tenants")
@@ -239,9 +212,7 @@ async fn rotation_moves_every_secret_to_the_new_key_once() {
     let pending = secrets(&app.db, "verify", NEW_KEY, &[TEST_KEY]).await;
     assert_eq!(pending.code, 0, "{}", pending.stderr);
     assert!(
-        pending
-            .summary()
-            .contains("4 checked, 0 failed, 4 not yet under the current key"),
+        summary(&pending).contains("4 checked, 0 failed, 4 not yet under the current key"),
         "{}",
         pending.stdout
     );
@@ -249,7 +220,7 @@ async fn rotation_moves_every_secret_to_the_new_key_once() {
     let rotate = secrets(&app.db, "rotate", NEW_KEY, &[TEST_KEY]).await;
     assert_eq!(rotate.code, 0, "{}", rotate.stderr);
     assert_eq!(
-        rotate.summary(),
+        summary(&rotate),
         format!(
             "secrets rotate: 4 checked, 4 re-encrypted under the current key {new_id}, 0 failed"
         )
@@ -265,7 +236,7 @@ async fn rotation_moves_every_secret_to_the_new_key_once() {
     let again = secrets(&app.db, "rotate", NEW_KEY, &[TEST_KEY]).await;
     assert_eq!(again.code, 0, "{}", again.stderr);
     assert!(
-        again.summary().contains("4 checked, 0 re-encrypted"),
+        summary(&again).contains("4 checked, 0 re-encrypted"),
         "{}",
         again.stdout
     );
@@ -273,9 +244,7 @@ async fn rotation_moves_every_secret_to_the_new_key_once() {
     let new_only = secrets(&app.db, "verify", NEW_KEY, &[]).await;
     assert_eq!(new_only.code, 0, "{}{}", new_only.stdout, new_only.stderr);
     assert!(
-        new_only
-            .summary()
-            .contains("4 checked, 0 failed, 0 not yet under the current key"),
+        summary(&new_only).contains("4 checked, 0 failed, 0 not yet under the current key"),
         "{}",
         new_only.stdout
     );
@@ -315,7 +284,7 @@ async fn rotation_moves_every_secret_to_the_new_key_once() {
     assert_eq!(patched.status(), 200);
     let catch_up = secrets(&app.db, "rotate", NEW_KEY, &[TEST_KEY]).await;
     assert!(
-        catch_up.summary().contains("4 checked, 1 re-encrypted"),
+        summary(&catch_up).contains("4 checked, 1 re-encrypted"),
         "{}",
         catch_up.stdout
     );
@@ -370,25 +339,21 @@ async fn legacy_v1_values_are_read_and_rotated_in_pages() {
     let verify = secrets(&db, "verify", TEST_KEY, &[]).await;
     assert_eq!(verify.code, 0, "{}", verify.stderr);
     assert!(
-        verify
-            .summary()
-            .contains("260 checked, 0 failed, 260 not yet under the current key"),
+        summary(&verify).contains("260 checked, 0 failed, 260 not yet under the current key"),
         "{}",
         verify.stdout
     );
     let rotate = secrets(&db, "rotate", NEW_KEY, &[TEST_KEY]).await;
     assert_eq!(rotate.code, 0, "{}", rotate.stderr);
     assert!(
-        rotate.summary().contains("260 checked, 260 re-encrypted"),
+        summary(&rotate).contains("260 checked, 260 re-encrypted"),
         "{}",
         rotate.stdout
     );
     let new_only = secrets(&db, "verify", NEW_KEY, &[]).await;
     assert_eq!(new_only.code, 0, "{}", new_only.stdout);
     assert!(
-        new_only
-            .summary()
-            .contains("260 checked, 0 failed, 0 not yet under the current key"),
+        summary(&new_only).contains("260 checked, 0 failed, 0 not yet under the current key"),
         "{}",
         new_only.stdout
     );
@@ -439,13 +404,13 @@ async fn bad_keys_are_refused_at_start_naming_the_variable() {
     }
     let mut vars = test_vars(&db.app_url, "redis://127.0.0.1:1", "unused");
     vars.remove("AI_AGENTS_ENCRYPTION_KEY");
-    let run = run_with(&vars, &["secrets", "rotate"]).await;
-    assert_eq!(run.code, 78);
+    let rotate = run(API, &["secrets", "rotate"], &vars).await;
+    assert_eq!(rotate.code, 78);
     assert!(
-        run.stderr.contains("AI_AGENTS_ENCRYPTION_KEY"),
+        rotate.stderr.contains("AI_AGENTS_ENCRYPTION_KEY"),
         "{}",
-        run.stderr
+        rotate.stderr
     );
-    let run = run_with(&vars, &["secrets", "nonsense"]).await;
-    assert_eq!(run.code, 2);
+    let nonsense = run(API, &["secrets", "nonsense"], &vars).await;
+    assert_eq!(nonsense.code, 2);
 }

@@ -2,15 +2,12 @@
 //! real API and worker processes. Not part of every test run (it is `#[ignore]`d); run it with
 //!
 //! ```text
-//! AI_AGENTS_SOAK_SECS=180 cargo test --release --test soak -- --ignored --nocapture
+//! AI_AGENTS_SOAK_SECS=180 cargo test --release --test it -- soak:: --ignored --nocapture
 //! ```
 //!
 //! It fails when a request gets an unexpected status, when an enhancement is not completed
 //! once the load stops, or when either process's memory grows by more than a quarter after
 //! the first 10 s under load.
-#![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::{
     collections::BTreeMap,
@@ -18,8 +15,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{TestDb, command, queue_prefix, redis_url, test_vars};
 use serde_json::{Value, json};
+
+use crate::helpers::{
+    API, TEST_TOKEN, TestDb, WORKER, closed_port, command, eventually, queue_prefix, redis_url,
+    signal, tenant_body, test_vars,
+};
 
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -40,21 +41,17 @@ async fn mixed_load_keeps_memory_flat_and_completes_every_job() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(180);
     let db = TestDb::new().await;
-    let port = common::closed_port();
+    let port = closed_port();
     let mut vars = test_vars(&db.app_url, &redis_url(), &queue_prefix());
     vars.insert("AI_AGENTS_BIND_ADDR".into(), format!("127.0.0.1:{port}"));
     vars.insert("AI_AGENTS_DATABASE_POOL_SIZE".into(), "10".into());
-    let api = command(env!("CARGO_BIN_EXE_ai-agents-api"), &vars)
-        .spawn()
-        .unwrap();
-    let worker = command(env!("CARGO_BIN_EXE_ai-agents-worker"), &vars)
-        .spawn()
-        .unwrap();
+    let api = command(API, &vars).spawn().unwrap();
+    let worker = command(WORKER, &vars).spawn().unwrap();
     let (api_pid, worker_pid) = (api.id().unwrap(), worker.id().unwrap());
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
     assert!(
-        common::eventually(Duration::from_secs(10), || async {
+        eventually(Duration::from_secs(10), || async {
             client
                 .get(format!("{base}/health/ready"))
                 .send()
@@ -67,9 +64,8 @@ async fn mixed_load_keeps_memory_flat_and_completes_every_job() {
     for t in 0..10 {
         let response = client
             .post(format!("{base}/api/v1/tenants"))
-            .bearer_auth(common::TEST_TOKEN)
-            .json(&json!({"tenant_id": format!("soak-{t}"), "name": "Soak", "servicedesk_url": "https://x.example",
-                          "servicedesk_api_key": "k", "webhook_signing_secret": "s"}))
+            .bearer_auth(TEST_TOKEN)
+            .json(&tenant_body(&format!("soak-{t}")))
             .send()
             .await
             .unwrap();
@@ -112,11 +108,7 @@ async fn mixed_load_keeps_memory_flat_and_completes_every_job() {
                         client.get(format!("{base}/api/v1/queue/stats")),
                     ),
                 };
-                let response = response
-                    .bearer_auth(common::TEST_TOKEN)
-                    .send()
-                    .await
-                    .unwrap();
+                let response = response.bearer_auth(TEST_TOKEN).send().await.unwrap();
                 let status = response.status().as_u16();
                 if label == "POST enhancement" && status == 202 {
                     let body: Value = response.json().await.unwrap();
@@ -147,10 +139,10 @@ async fn mixed_load_keeps_memory_flat_and_completes_every_job() {
         task.await.unwrap();
     }
     let ids = created.lock().unwrap().clone();
-    let drained = common::eventually(Duration::from_secs(60), || async {
+    let drained = eventually(Duration::from_secs(60), || async {
         let stats: Value = client
             .get(format!("{base}/api/v1/queue/stats"))
-            .bearer_auth(common::TEST_TOKEN)
+            .bearer_auth(TEST_TOKEN)
             .send()
             .await
             .unwrap()
@@ -211,10 +203,7 @@ async fn mixed_load_keeps_memory_flat_and_completes_every_job() {
         "worker memory grew: {warm:?} -> {end_rss:?}"
     );
     for pid in [api_pid, worker_pid] {
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .unwrap();
+        signal(pid, "TERM");
     }
     let (api_out, worker_out) = tokio::join!(api.wait_with_output(), worker.wait_with_output());
     assert_eq!(api_out.unwrap().status.code(), Some(0));

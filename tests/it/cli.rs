@@ -1,29 +1,11 @@
 //! The binaries as a user runs them: subcommands, configuration errors, logs, signals.
-#![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::{collections::HashMap, time::Duration};
 
-use common::{TestDb, command, queue_prefix, redis_url, test_vars};
-
-const API: &str = env!("CARGO_BIN_EXE_ai-agents-api");
-const WORKER: &str = env!("CARGO_BIN_EXE_ai-agents-worker");
-
-async fn run(binary: &str, args: &[&str], vars: &HashMap<String, String>) -> (i32, String, String) {
-    let output = tokio::time::timeout(
-        Duration::from_secs(30),
-        command(binary, vars).args(args).output(),
-    )
-    .await
-    .expect("finishes")
-    .unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
+use crate::helpers::{
+    API, Run, TEST_KEY, TEST_TOKEN, TestApp, TestDb, WORKER, closed_port, command, eventually,
+    host_port, owner_url, queue_prefix, redis_url, run, signal, test_vars,
+};
 
 #[tokio::test]
 async fn version_needs_no_configuration() {
@@ -35,7 +17,7 @@ async fn version_needs_no_configuration() {
     .map(|(k, v)| ((*k).into(), (*v).into()))
     .collect();
     for (binary, name) in [(API, "ai-agents-api"), (WORKER, "ai-agents-worker")] {
-        let (code, stdout, _) = run(binary, &["--version"], &garbage).await;
+        let Run { code, stdout, .. } = run(binary, &["--version"], &garbage).await;
         assert_eq!(code, 0);
         assert_eq!(
             stdout.trim(),
@@ -52,7 +34,7 @@ async fn configuration_errors_name_the_variable_and_hide_the_value() {
         ("AI_AGENTS_ENCRYPTION_KEY", None),
         ("AI_AGENTS_ENCRYPTION_KEY", Some("sekrit-not-base64")),
         ("AI_AGENTS_ENCRYPTION_OLD_KEYS", Some("sekrit-not-base64")),
-        ("AI_AGENTS_ENCRYPTION_OLD_KEYS", Some(common::TEST_KEY)),
+        ("AI_AGENTS_ENCRYPTION_OLD_KEYS", Some(TEST_KEY)),
         ("AI_AGENTS_DATABASE_URL", None),
         ("AI_AGENTS_DATABASE_URL", Some("mysql://root:sekrit@db/x")),
         ("AI_AGENTS_BIND_ADDR", Some("sekrit")),
@@ -65,7 +47,11 @@ async fn configuration_errors_name_the_variable_and_hide_the_value() {
             Some(v) => vars.insert(variable.to_owned(), v.to_owned()),
             None => vars.remove(variable),
         };
-        let (code, stdout, stderr) = run(API, &[], &vars).await;
+        let Run {
+            code,
+            stdout,
+            stderr,
+        } = run(API, &[], &vars).await;
         assert_ne!(code, 0, "{variable}={value:?} was accepted");
         assert!(stderr.contains(variable), "{variable}: {stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
@@ -76,7 +62,7 @@ async fn configuration_errors_name_the_variable_and_hide_the_value() {
     }
     let mut vars = base.clone();
     vars.insert("AI_AGENTS_WORKER_CONCURRENCY".into(), "0".into());
-    let (code, _, stderr) = run(WORKER, &[], &vars).await;
+    let Run { code, stderr, .. } = run(WORKER, &[], &vars).await;
     assert_ne!(code, 0);
     assert!(stderr.contains("AI_AGENTS_WORKER_CONCURRENCY"), "{stderr}");
 }
@@ -91,7 +77,7 @@ async fn a_reclaim_time_not_above_the_hard_limit_stops_the_worker() {
     vars.insert("AI_AGENTS_WORKER_RECLAIM_AFTER_SECS".into(), "3".into());
     vars.insert("AI_AGENTS_TASK_TIME_LIMIT_SECS".into(), "30".into());
     vars.insert("AI_AGENTS_TASK_SOFT_TIME_LIMIT_SECS".into(), "20".into());
-    let (code, _, stderr) = run(WORKER, &[], &vars).await;
+    let Run { code, stderr, .. } = run(WORKER, &[], &vars).await;
     assert_eq!(code, 78, "{stderr}");
     assert!(
         stderr.contains("AI_AGENTS_WORKER_RECLAIM_AFTER_SECS")
@@ -104,10 +90,10 @@ async fn a_reclaim_time_not_above_the_hard_limit_stops_the_worker() {
 #[tokio::test]
 async fn unknown_arguments_are_refused_and_help_needs_no_configuration() {
     for binary in [API, WORKER] {
-        let (code, _, stderr) = run(binary, &["serve", "--now"], &HashMap::new()).await;
+        let Run { code, stderr, .. } = run(binary, &["serve", "--now"], &HashMap::new()).await;
         assert_eq!(code, 2, "{binary}: {stderr}");
         assert!(stderr.contains("usage"), "{binary}: {stderr}");
-        let (code, stdout, _) = run(binary, &["--help"], &HashMap::new()).await;
+        let Run { code, stdout, .. } = run(binary, &["--help"], &HashMap::new()).await;
         assert_eq!(code, 0, "{binary}");
         assert!(stdout.starts_with("usage:"), "{binary}: {stdout}");
     }
@@ -117,9 +103,9 @@ async fn unknown_arguments_are_refused_and_help_needs_no_configuration() {
 async fn migrate_and_revert_subcommands() {
     let db = TestDb::empty().await;
     let vars = test_vars(&db.owner_url, &redis_url(), &queue_prefix());
-    let (code, _, stderr) = run(API, &["migrate"], &vars).await;
+    let Run { code, stderr, .. } = run(API, &["migrate"], &vars).await;
     assert_eq!(code, 0, "{stderr}");
-    let (code, _, stderr) = run(API, &["migrate"], &vars).await;
+    let Run { code, stderr, .. } = run(API, &["migrate"], &vars).await;
     assert_eq!(code, 0, "re-run: {stderr}");
     let pool = db.owner_pool().await;
     let tables: i64 = sqlx::query_scalar(
@@ -130,7 +116,7 @@ async fn migrate_and_revert_subcommands() {
     .unwrap();
     assert_eq!(tables, 2);
     // Each revert takes back the newest migration: first the job claims, then the schema.
-    let (code, _, stderr) = run(API, &["migrate", "revert"], &vars).await;
+    let Run { code, stderr, .. } = run(API, &["migrate", "revert"], &vars).await;
     assert_eq!(code, 0, "{stderr}");
     let claims: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM information_schema.columns WHERE table_name = 'enhancement_history' AND column_name = 'claim'",
@@ -139,7 +125,7 @@ async fn migrate_and_revert_subcommands() {
     .await
     .unwrap();
     assert_eq!(claims, 0);
-    let (code, _, stderr) = run(API, &["migrate", "revert"], &vars).await;
+    let Run { code, stderr, .. } = run(API, &["migrate", "revert"], &vars).await;
     assert_eq!(code, 0, "{stderr}");
     let tables: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename = 'tenant_configs'")
         .fetch_one(&pool)
@@ -155,14 +141,18 @@ async fn migrate_names_why_postgres_is_unreachable_once() {
     let mut vars = test_vars("postgres://unused", &redis_url(), &queue_prefix());
     vars.insert("AI_AGENTS_LOG_FORMAT".into(), "json".into());
 
-    let port = common::closed_port();
+    let port = closed_port();
     vars.insert(
         "AI_AGENTS_DATABASE_URL".into(),
         format!("postgres://u:sekrit@127.0.0.1:{port}/x"),
     );
     vars.insert("AI_AGENTS_DATABASE_CONNECT_TIMEOUT_SECS".into(), "2".into());
     let started = std::time::Instant::now();
-    let (code, stdout, stderr) = run(API, &["migrate"], &vars).await;
+    let Run {
+        code,
+        stdout,
+        stderr,
+    } = run(API, &["migrate"], &vars).await;
     assert_eq!(code, 1, "{stderr}");
     assert!(
         started.elapsed() >= Duration::from_secs(1),
@@ -186,7 +176,7 @@ async fn migrate_names_why_postgres_is_unreachable_once() {
         "AI_AGENTS_DATABASE_URL".into(),
         format!(
             "postgres://ai_agents_owner:sekrit-wrong@{}/ai_agents",
-            common::host_port(&common::owner_url())
+            host_port(&owner_url())
         ),
     );
     vars.insert(
@@ -194,7 +184,11 @@ async fn migrate_names_why_postgres_is_unreachable_once() {
         "30".into(),
     );
     let started = std::time::Instant::now();
-    let (code, stdout, stderr) = run(API, &["migrate", "revert"], &vars).await;
+    let Run {
+        code,
+        stdout,
+        stderr,
+    } = run(API, &["migrate", "revert"], &vars).await;
     assert_eq!(code, 1, "{stderr}");
     assert!(
         started.elapsed() < Duration::from_secs(15),
@@ -216,7 +210,7 @@ async fn migrate_names_why_postgres_is_unreachable_once() {
 #[tokio::test]
 async fn serves_json_logs_answers_healthcheck_and_stops_on_sigterm() {
     let db = TestDb::new().await;
-    let port = common::closed_port();
+    let port = closed_port();
     let mut vars = test_vars(&db.app_url, &redis_url(), &queue_prefix());
     vars.insert("AI_AGENTS_BIND_ADDR".into(), format!("127.0.0.1:{port}"));
     vars.insert("AI_AGENTS_LOG_LEVEL".into(), "info".into());
@@ -225,7 +219,7 @@ async fn serves_json_logs_answers_healthcheck_and_stops_on_sigterm() {
 
     let mut healthy = false;
     for _ in 0..100 {
-        let (code, _, _) = run(API, &["healthcheck"], &vars).await;
+        let Run { code, .. } = run(API, &["healthcheck"], &vars).await;
         if code == 0 {
             healthy = true;
             break;
@@ -236,7 +230,7 @@ async fn serves_json_logs_answers_healthcheck_and_stops_on_sigterm() {
     let client = reqwest::Client::new();
     let response = client
         .get(format!("http://127.0.0.1:{port}/api/v1/tenants"))
-        .bearer_auth(common::TEST_TOKEN)
+        .bearer_auth(TEST_TOKEN)
         .send()
         .await
         .unwrap();
@@ -252,7 +246,7 @@ async fn serves_json_logs_answers_healthcheck_and_stops_on_sigterm() {
     for expected in [201, 409] {
         let response = client
             .post(format!("http://127.0.0.1:{port}/api/v1/tenants"))
-            .bearer_auth(common::TEST_TOKEN)
+            .bearer_auth(TEST_TOKEN)
             .json(&body)
             .send()
             .await
@@ -260,12 +254,7 @@ async fn serves_json_logs_answers_healthcheck_and_stops_on_sigterm() {
         assert_eq!(response.status(), expected);
     }
 
-    let pid = server.id().unwrap().to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    assert!(signal(server.id().unwrap(), "TERM"));
     let output = tokio::time::timeout(Duration::from_secs(10), server.wait_with_output())
         .await
         .unwrap()
@@ -282,7 +271,7 @@ async fn serves_json_logs_answers_healthcheck_and_stops_on_sigterm() {
         }
         assert_eq!(value["service"], "api");
         assert_eq!(value["environment"], "test");
-        assert!(!line.contains(common::TEST_TOKEN), "token logged");
+        assert!(!line.contains(TEST_TOKEN), "token logged");
         assert!(
             !line.contains("ai_agents_app:ai_agents_app"),
             "database password logged"
@@ -294,7 +283,7 @@ async fn serves_json_logs_answers_healthcheck_and_stops_on_sigterm() {
     );
 
     // The healthcheck fails when nothing listens.
-    let (code, _, stderr) = run(API, &["healthcheck"], &vars).await;
+    let Run { code, stderr, .. } = run(API, &["healthcheck"], &vars).await;
     assert_ne!(code, 0);
     assert!(stderr.contains("unhealthy"));
 }
@@ -304,7 +293,7 @@ async fn worker_starts_and_stops_cleanly_and_waits_for_redis() {
     let db = TestDb::new().await;
     let mut vars = test_vars(
         &db.app_url,
-        &format!("redis://127.0.0.1:{}", common::closed_port()),
+        &format!("redis://127.0.0.1:{}", closed_port()),
         &queue_prefix(),
     );
     vars.insert("AI_AGENTS_LOG_FORMAT".into(), "json".into());
@@ -312,11 +301,7 @@ async fn worker_starts_and_stops_cleanly_and_waits_for_redis() {
     // Redis is unreachable: the worker keeps retrying instead of crash-looping, and still stops on SIGTERM.
     let worker = command(WORKER, &vars).spawn().unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let pid = worker.id().unwrap().to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
+    assert!(signal(worker.id().unwrap(), "TERM"));
     let output = tokio::time::timeout(Duration::from_secs(10), worker.wait_with_output())
         .await
         .unwrap()
@@ -331,7 +316,7 @@ async fn worker_starts_and_stops_cleanly_and_waits_for_redis() {
 #[tokio::test]
 async fn worker_serves_metrics_on_its_own_port_or_refuses_to_start() {
     let db = TestDb::new().await;
-    let port = common::closed_port();
+    let port = closed_port();
     let mut vars = test_vars(&db.app_url, &redis_url(), &queue_prefix());
     vars.insert(
         "AI_AGENTS_WORKER_METRICS_ADDR".into(),
@@ -340,7 +325,7 @@ async fn worker_serves_metrics_on_its_own_port_or_refuses_to_start() {
     let worker = command(WORKER, &vars).spawn().unwrap();
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
-    let up = common::eventually(Duration::from_secs(10), || async {
+    let up = eventually(Duration::from_secs(10), || async {
         client
             .get(format!("{base}/health"))
             .send()
@@ -359,10 +344,7 @@ async fn worker_serves_metrics_on_its_own_port_or_refuses_to_start() {
     let body = response.text().await.unwrap();
     assert!(body.contains("ai_agents_build_info"), "{body}");
 
-    std::process::Command::new("kill")
-        .args(["-TERM", &worker.id().unwrap().to_string()])
-        .status()
-        .unwrap();
+    assert!(signal(worker.id().unwrap(), "TERM"));
     let output = tokio::time::timeout(Duration::from_secs(10), worker.wait_with_output())
         .await
         .unwrap()
@@ -374,7 +356,7 @@ async fn worker_serves_metrics_on_its_own_port_or_refuses_to_start() {
         "AI_AGENTS_WORKER_METRICS_ADDR".into(),
         taken.local_addr().unwrap().to_string(),
     );
-    let (code, _, stderr) = run(WORKER, &[], &vars).await;
+    let Run { code, stderr, .. } = run(WORKER, &[], &vars).await;
     assert_eq!(code, 1, "{stderr}");
     assert!(
         stderr.contains("cannot serve metrics on AI_AGENTS_WORKER_METRICS_ADDR"),
@@ -386,35 +368,30 @@ async fn worker_serves_metrics_on_its_own_port_or_refuses_to_start() {
 /// the process at once, with 130, for the operator who does not want to wait.
 #[tokio::test]
 async fn second_signal_ends_a_draining_worker_at_once() {
-    let app = common::TestApp::spawn().await;
+    let app = TestApp::spawn().await;
     app.create_tenant("drain").await;
     app.create_enhancement("drain", "INC-1").await;
     // The worker reaches Redis but not PostgreSQL: its job waits for a database connection
     // (up to the test's 10 s connect timeout), so it is still in flight when the signals come.
     let mut vars = test_vars(
-        &format!("postgres://u:p@127.0.0.1:{}/x", common::closed_port()),
+        &format!("postgres://u:p@127.0.0.1:{}/x", closed_port()),
         &redis_url(),
         &app.prefix,
     );
     vars.insert("AI_AGENTS_SHUTDOWN_GRACE_SECS".into(), "20".into());
     let worker = command(WORKER, &vars).spawn().unwrap();
-    let taken = common::eventually(Duration::from_secs(10), || async {
+    let taken = eventually(Duration::from_secs(10), || async {
         app.queue.stats().await.is_ok_and(|s| s.in_flight == 1)
     })
     .await;
     assert!(taken, "the worker never took the job");
 
-    let pid = worker.id().unwrap().to_string();
-    let term = || {
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-    };
-    assert!(term().success());
+    let pid = worker.id().unwrap();
+    let term = || signal(pid, "TERM");
+    assert!(term());
     tokio::time::sleep(Duration::from_millis(500)).await;
     let second = std::time::Instant::now();
-    assert!(term().success());
+    assert!(term());
     let output = tokio::time::timeout(Duration::from_secs(10), worker.wait_with_output())
         .await
         .expect("the second signal ends the worker")

@@ -1,16 +1,14 @@
 //! The tenant endpoints against a real API, PostgreSQL and Redis.
-#![allow(clippy::unwrap_used)]
-
-mod common;
 
 use ai_agents::{
     crypto::{Binding, Keyring, SecretField},
     domain::TenantId,
 };
-use common::{TestApp, assert_problem};
 use reqwest::Method;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
+
+use crate::helpers::{TEST_KEY, TestApp, assert_problem};
 
 fn valid_body(tenant_id: &str) -> Value {
     json!({
@@ -21,6 +19,13 @@ fn valid_body(tenant_id: &str) -> Value {
         "webhook_signing_secret": "wh-secret-PLAINTEXT-1",
         "enhancement_preferences": {"tone": "formal"}
     })
+}
+
+/// A valid body with `field` set to `value` (added when it is not a field of the body).
+fn with(field: &str, value: Value) -> Value {
+    let mut body = valid_body("x");
+    body[field] = value;
+    body
 }
 
 #[tokio::test]
@@ -37,14 +42,7 @@ async fn create_read_update_delete() {
     assert_eq!(tenant["tenant_id"], "acme");
     assert_eq!(tenant["enhancement_preferences"]["tone"], "formal");
 
-    let fetched: Value = app
-        .req(Method::GET, "/api/v1/tenants/acme")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let fetched = app.get_json("/api/v1/tenants/acme").await;
     assert_eq!(fetched["name"], "Acme");
 
     let patched = app
@@ -175,7 +173,7 @@ async fn secrets_never_leave_and_are_stored_encrypted() {
     .await
     .unwrap();
     assert_eq!(rows.len(), 2);
-    let keyring = Keyring::new(&SecretString::from(common::TEST_KEY), &[]).unwrap();
+    let keyring = Keyring::new(&SecretString::from(TEST_KEY), &[]).unwrap();
     let tagged = format!("v2:{}:", keyring.current_key_id());
     for (_, key, secret) in &rows {
         assert!(key.starts_with(&tagged) && secret.starts_with(&tagged));
@@ -233,14 +231,7 @@ async fn paging_visits_every_tenant_exactly_once() {
         if let Some(c) = &cursor {
             path.push_str(&format!("&cursor={c}"));
         }
-        let page: Value = app
-            .req(Method::GET, &path)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page = app.get_json(&path).await;
         pages += 1;
         for item in page["items"].as_array().unwrap() {
             seen.push(item["tenant_id"].as_str().unwrap().to_owned());
@@ -257,14 +248,7 @@ async fn paging_visits_every_tenant_exactly_once() {
     assert_eq!(seen.len(), 120);
     assert_eq!(unique.len(), 120);
     assert_eq!(pages, 18);
-    let first: Value = app
-        .req(Method::GET, "/api/v1/tenants")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let first = app.get_json("/api/v1/tenants").await;
     assert_eq!(
         first["items"].as_array().unwrap().len(),
         50,
@@ -279,81 +263,30 @@ async fn bad_input_is_rejected_with_problems() {
     let long = "x".repeat(101);
     let cases: Vec<(&str, Value)> = vec![
         ("missing fields", json!({"tenant_id": "a"})),
-        ("uppercase id", {
-            let mut b = valid_body("x");
-            b["tenant_id"] = json!("Acme");
-            b
-        }),
-        ("leading dash", {
-            let mut b = valid_body("x");
-            b["tenant_id"] = json!("-acme");
-            b
-        }),
-        ("empty id", {
-            let mut b = valid_body("x");
-            b["tenant_id"] = json!("");
-            b
-        }),
-        ("long id", {
-            let mut b = valid_body("x");
-            b["tenant_id"] = json!(long);
-            b
-        }),
-        ("id not a string", {
-            let mut b = valid_body("x");
-            b["tenant_id"] = json!(42);
-            b
-        }),
-        ("empty name", {
-            let mut b = valid_body("x");
-            b["name"] = json!("");
-            b
-        }),
-        ("blank name", {
-            let mut b = valid_body("x");
-            b["name"] = json!("   ");
-            b
-        }),
-        ("long name", {
-            let mut b = valid_body("x");
-            b["name"] = json!("n".repeat(256));
-            b
-        }),
-        ("ftp url", {
-            let mut b = valid_body("x");
-            b["servicedesk_url"] = json!("ftp://x.test");
-            b
-        }),
-        ("no host", {
-            let mut b = valid_body("x");
-            b["servicedesk_url"] = json!("https://");
-            b
-        }),
-        ("long url", {
-            let mut b = valid_body("x");
-            b["servicedesk_url"] = json!(format!("https://x.test/{}", "a".repeat(500)));
-            b
-        }),
-        ("empty key", {
-            let mut b = valid_body("x");
-            b["servicedesk_api_key"] = json!("");
-            b
-        }),
-        ("null secret", {
-            let mut b = valid_body("x");
-            b["webhook_signing_secret"] = Value::Null;
-            b
-        }),
-        ("prefs not object", {
-            let mut b = valid_body("x");
-            b["enhancement_preferences"] = json!([1, 2]);
-            b
-        }),
-        ("unknown field", {
-            let mut b = valid_body("x");
-            b["admin"] = json!(true);
-            b
-        }),
+        ("uppercase id", with("tenant_id", json!("Acme"))),
+        ("leading dash", with("tenant_id", json!("-acme"))),
+        ("empty id", with("tenant_id", json!(""))),
+        ("long id", with("tenant_id", json!(long))),
+        ("id not a string", with("tenant_id", json!(42))),
+        ("empty name", with("name", json!(""))),
+        ("blank name", with("name", json!("   "))),
+        ("long name", with("name", json!("n".repeat(256)))),
+        ("ftp url", with("servicedesk_url", json!("ftp://x.test"))),
+        ("no host", with("servicedesk_url", json!("https://"))),
+        (
+            "long url",
+            with(
+                "servicedesk_url",
+                json!(format!("https://x.test/{}", "a".repeat(500))),
+            ),
+        ),
+        ("empty key", with("servicedesk_api_key", json!(""))),
+        ("null secret", with("webhook_signing_secret", Value::Null)),
+        (
+            "prefs not object",
+            with("enhancement_preferences", json!([1, 2])),
+        ),
+        ("unknown field", with("admin", json!(true))),
         ("array body", json!([1, 2, 3])),
     ];
     for (name, body) in cases {

@@ -1,0 +1,121 @@
+//! The run's settings: `--smoke` or a full run, the ports and directories, the URLs.
+
+use std::{path::PathBuf, time::Instant};
+
+use crate::Res;
+
+/// What one run measures, for how long, and where its services and binaries live.
+pub struct Settings {
+    /// `--smoke`: short runs, figures indicative only (CI runs this, judging nothing).
+    pub smoke: bool,
+    /// Seconds each load figure is measured.
+    pub duration: u32,
+    /// Seconds of load before each measurement, discarded.
+    pub warmup: u32,
+    /// Jobs of each drain.
+    pub drain_jobs: usize,
+    /// Start-ups whose median is the start-up figure.
+    pub startup_runs: usize,
+    /// The checkout.
+    pub root: PathBuf,
+    /// Cargo's target directory.
+    pub target: PathBuf,
+    /// The services' state (`nix/dev-services.sh`), the logs and the last run's JSON lines.
+    pub state: PathBuf,
+    /// PostgreSQL's port.
+    pub pg_port: u16,
+    /// Redis's port.
+    pub redis_port: u16,
+}
+
+impl Settings {
+    /// From the command line and the environment (see the crate documentation).
+    pub fn from_args() -> Res<Self> {
+        let mut smoke = false;
+        for arg in std::env::args().skip(1) {
+            match arg.as_str() {
+                "--smoke" => smoke = true,
+                // cargo passes `--bench` to harness-less benches.
+                "--bench" => {}
+                "-h" | "--help" => {
+                    println!(
+                        "usage: cargo bench --bench service [-- --smoke]\n\
+                         env: AI_AGENTS_BENCH_DEV_DIR, AI_AGENTS_BENCH_PG_PORT, \
+                         AI_AGENTS_BENCH_REDIS_PORT, AI_AGENTS_PG_BIN, CARGO_TARGET_DIR"
+                    );
+                    std::process::exit(0);
+                }
+                other if other.starts_with('-') => {
+                    return Err(format!("unknown option {other} (try --smoke)").into());
+                }
+                _ => {} // a name filter from `cargo bench NAME`: there is only one benchmark
+            }
+        }
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let target =
+            std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+        let target = if target.is_absolute() {
+            target
+        } else {
+            root.join(target)
+        };
+        let state = std::env::var_os("AI_AGENTS_BENCH_DEV_DIR")
+            .map_or_else(|| target.join("bench-services"), PathBuf::from);
+        let port = |name: &str, default: u16| -> Res<u16> {
+            match std::env::var(name) {
+                Ok(v) => v
+                    .parse()
+                    .map_err(|_| format!("{name}={v} is not a port").into()),
+                Err(_) => Ok(default),
+            }
+        };
+        Ok(Self {
+            smoke,
+            duration: if smoke { 2 } else { 10 },
+            warmup: if smoke { 1 } else { 3 },
+            drain_jobs: if smoke { 2_000 } else { 10_000 },
+            startup_runs: 10,
+            root,
+            target,
+            state,
+            pg_port: port("AI_AGENTS_BENCH_PG_PORT", 55632)?,
+            redis_port: port("AI_AGENTS_BENCH_REDIS_PORT", 56579)?,
+        })
+    }
+
+    /// The URL of database `db` as the owner role (creates databases, runs migrations).
+    pub fn owner_url(&self, db: &str) -> String {
+        format!(
+            "postgres://ai_agents_owner:ai_agents_owner@127.0.0.1:{}/{db}",
+            self.pg_port
+        )
+    }
+
+    /// The URL of database `db` as the application role (what the API and the worker use).
+    pub fn app_url(&self, db: &str) -> String {
+        format!(
+            "postgres://ai_agents_app:ai_agents_app@127.0.0.1:{}/{db}",
+            self.pg_port
+        )
+    }
+
+    /// The URL of the bench's Redis.
+    pub fn redis_url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.redis_port)
+    }
+
+    /// The release binary `name`.
+    pub fn bin(&self, name: &str) -> PathBuf {
+        self.target.join("release").join(name)
+    }
+
+    /// Where the binaries' output goes, one file per role (`api.log`, `worker-drain.log`, …).
+    pub fn log_dir(&self) -> PathBuf {
+        self.state.join("bench-logs")
+    }
+}
+
+/// One line on stderr saying what the run does now, and since when it runs.
+pub fn progress(started: Instant, text: &str) {
+    eprintln!("[bench {:>6.1}s] {text}", started.elapsed().as_secs_f64());
+}

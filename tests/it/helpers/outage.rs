@@ -1,0 +1,175 @@
+//! Faults a test injects without disturbing the shared services: a TCP relay it can cut (an
+//! outage of PostgreSQL or Redis as the service sees it), and a Redis of its own that it may
+//! restart, freeze or stop.
+
+use std::{
+    net::SocketAddr,
+    process::Stdio,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::{net::TcpListener, sync::watch};
+
+use super::{closed_port, eventually, signal};
+
+/// A TCP relay in front of a real server, which a test can cut to simulate an outage.
+pub struct Outage {
+    /// The relay's address.
+    pub addr: SocketAddr,
+    up: Arc<AtomicBool>,
+    cut: watch::Sender<u64>,
+}
+
+impl Outage {
+    /// Relays to `target` (`host:port`).
+    pub async fn relay(target: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
+        let addr = listener.local_addr().expect("addr");
+        let up = Arc::new(AtomicBool::new(true));
+        let (cut, _) = watch::channel(0_u64);
+        let target = target.to_owned();
+        let (state, cuts) = (Arc::clone(&up), cut.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if !state.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let target = target.clone();
+                let mut cut_rx = cuts.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut_rx.changed() => {}
+                    }
+                });
+            }
+        });
+        Self { addr, up, cut }
+    }
+
+    /// Drops every relayed connection and refuses new ones.
+    pub fn down(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.cut.send_modify(|n| *n += 1);
+    }
+
+    /// Accepts connections again.
+    pub fn up(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A redis-server of the test's own, with AOF, in a temporary directory: for tests that
+/// restart, freeze or stop Redis without disturbing the shared one.
+pub struct OwnRedis {
+    port: u16,
+    dir: std::path::PathBuf,
+    child: Option<tokio::process::Child>,
+}
+
+impl OwnRedis {
+    /// Starts it on a free port and waits until it answers.
+    pub async fn start() -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("ai-agents-redis-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("redis dir");
+        let mut redis = Self {
+            port: closed_port(),
+            dir,
+            child: None,
+        };
+        redis.launch().await;
+        redis
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn launch(&mut self) {
+        let child = tokio::process::Command::new("redis-server")
+            .arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(["--appendonly", "yes", "--appendfsync", "everysec"])
+            .args(["--save", ""])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server starts (is it on PATH?)");
+        self.child = Some(child);
+        let url = self.url();
+        let up = eventually(Duration::from_secs(10), || {
+            let url = url.clone();
+            async move {
+                let Ok(client) = redis::Client::open(url) else {
+                    return false;
+                };
+                let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+                    return false;
+                };
+                redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .is_ok_and(|p| p == "PONG")
+            }
+        })
+        .await;
+        assert!(up, "own redis-server did not come up");
+    }
+
+    fn signal(&self, name: &str) {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(tokio::process::Child::id)
+            .expect("running");
+        assert!(signal(pid, name), "kill -{name}");
+    }
+
+    /// SIGSTOP: the server keeps its connections but answers nothing (a frozen Redis).
+    pub fn freeze(&self) {
+        self.signal("STOP");
+    }
+
+    /// SIGCONT after [`OwnRedis::freeze`]: it executes whatever was sent meanwhile.
+    pub fn thaw(&self) {
+        self.signal("CONT");
+    }
+
+    /// SIGTERM (a graceful shutdown that flushes the AOF), then the same port and directory.
+    pub async fn restart(&mut self) {
+        self.signal("TERM");
+        let mut child = self.child.take().expect("running");
+        tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .expect("redis-server stops")
+            .expect("wait");
+        self.launch().await;
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.start_kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
