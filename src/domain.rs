@@ -358,8 +358,13 @@ pub fn storable_json(field: &'static str, value: &serde_json::Value) -> Result<(
 }
 
 /// Lifecycle of an enhancement: `pending` → `processing` → `completed` | `failed`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// The one status type from the database to the API: rows are read into it (an unknown stored
+/// value is an error, never a silent `pending`), list filters take it, and the API documents it
+/// as the `Status` schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, poem_openapi::Enum)]
 #[serde(rename_all = "snake_case")]
+#[oai(rename = "Status", rename_all = "snake_case")]
 pub enum EnhancementStatus {
     /// Stored and queued, not yet taken by a worker.
     Pending,
@@ -383,13 +388,16 @@ impl EnhancementStatus {
     }
 
     /// Parses the database spelling.
-    pub fn parse(raw: &str) -> Option<Self> {
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
         match raw {
-            "pending" => Some(Self::Pending),
-            "processing" => Some(Self::Processing),
-            "completed" => Some(Self::Completed),
-            "failed" => Some(Self::Failed),
-            _ => None,
+            "pending" => Ok(Self::Pending),
+            "processing" => Ok(Self::Processing),
+            "completed" => Ok(Self::Completed),
+            "failed" => Ok(Self::Failed),
+            _ => Err(InvalidValue {
+                field: "status",
+                reason: "must be pending, processing, completed or failed",
+            }),
         }
     }
 
@@ -537,8 +545,9 @@ mod tests {
             EnhancementStatus::Completed,
             EnhancementStatus::Failed,
         ] {
-            assert_eq!(EnhancementStatus::parse(s.as_str()), Some(s));
+            assert_eq!(EnhancementStatus::parse(s.as_str()), Ok(s));
+            assert_eq!(s.is_final(), matches!(s.as_str(), "completed" | "failed"));
         }
-        assert!(EnhancementStatus::parse("done").is_none());
+        assert!(EnhancementStatus::parse("done").is_err());
     }
 }

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use poem_openapi::{
-    ApiResponse, Enum, Object, OpenApi, Tags,
+    ApiResponse, Object, OpenApi, Tags,
     param::{Path, Query},
     payload::Json,
 };
@@ -29,7 +29,7 @@ use crate::{
         enhancements::{self, EnhancementRow},
         scope::{CrossTenantTx, TenantTx},
     },
-    domain::{TenantId, TicketId, storable_json},
+    domain::{EnhancementStatus, TenantId, TicketId, storable_json},
     queue::{Job, JobKind},
 };
 
@@ -39,40 +39,6 @@ enum EnhancementTags {
     Enhancements,
     /// The job queue.
     Queue,
-}
-
-/// Lifecycle of an enhancement.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
-#[oai(rename_all = "snake_case")]
-pub enum Status {
-    /// Queued, not yet taken.
-    Pending,
-    /// A worker is on it.
-    Processing,
-    /// Finished.
-    Completed,
-    /// Given up; see `error_message`.
-    Failed,
-}
-
-impl Status {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Processing => "processing",
-            Self::Completed => "completed",
-            Self::Failed => "failed",
-        }
-    }
-
-    fn from_db(raw: &str) -> Self {
-        match raw {
-            "processing" => Self::Processing,
-            "completed" => Self::Completed,
-            "failed" => Self::Failed,
-            _ => Self::Pending,
-        }
-    }
 }
 
 /// A request to enhance one ticket.
@@ -99,7 +65,7 @@ pub struct Enhancement {
     /// Ticket.
     pub ticket_id: String,
     /// Lifecycle state.
-    pub status: Status,
+    pub status: EnhancementStatus,
     /// The context sent with the request.
     pub context: Value,
     /// Context the job gathered.
@@ -122,7 +88,7 @@ impl From<EnhancementRow> for Enhancement {
             id: row.id,
             tenant_id: row.tenant_id,
             ticket_id: row.ticket_id,
-            status: Status::from_db(&row.status),
+            status: row.status,
             context: row.context,
             context_gathered: row.context_gathered,
             llm_output: row.llm_output,
@@ -277,7 +243,7 @@ impl EnhancementsApi {
         /// Only this tenant's enhancements.
         tenant_id: Query<Option<String>>,
         /// Only enhancements in this state.
-        status: Query<Option<Status>>,
+        status: Query<Option<EnhancementStatus>>,
         /// Page size, 1–100.
         #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
         limit: Query<Option<i64>>,
@@ -288,7 +254,7 @@ impl EnhancementsApi {
         let after = paging::non_empty(cursor.0.as_deref())
             .map(paging::parse_enhancement_cursor)
             .transpose()?;
-        let status = status.0.map(Status::as_str);
+        let status = status.0;
         // An empty `tenant_id=` means no filter, like an absent one.
         let mut rows = match tenant_id.0.as_deref().filter(|t| !t.is_empty()) {
             Some(raw) => match TenantId::parse(raw) {
