@@ -1114,7 +1114,7 @@ async fn post_ceiling(s: &Settings, db: &str, prefix: &str, services: &Services)
                     tx.commit().await?;
                     let job = Job::new(JobKind::Enhancement {
                         enhancement_id: id,
-                        tenant_id: TENANT.to_owned(),
+                        tenant_id: TenantId::parse(TENANT)?,
                     });
                     let _: String = redis::cmd("XADD")
                         .arg(&stream)
@@ -1200,7 +1200,7 @@ async fn seed_jobs(s: &Settings, pool: &PgPool, prefix: &str, n: usize) -> Res<V
         for id in chunk {
             let job = Job::new(JobKind::Enhancement {
                 enhancement_id: *id,
-                tenant_id: TENANT.to_owned(),
+                tenant_id: TenantId::parse(TENANT)?,
             });
             pipe.cmd("XADD")
                 .arg(&stream)
@@ -1366,7 +1366,7 @@ async fn raw_drain(
                 else {
                     return Err::<_, BoxError>("unexpected job kind".into());
                 };
-                let mut tx = TenantTx::begin(&pool, &TenantId::parse(&tenant_id)?).await?;
+                let mut tx = TenantTx::begin(&pool, &tenant_id).await?;
                 sqlx::query(
                     "UPDATE enhancement_history
                      SET status = 'completed', processing_time_ms = 0,

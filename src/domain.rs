@@ -2,6 +2,8 @@
 //!
 //! The HTTP edge parses raw strings into these types once; everything behind it (repositories,
 //! the queue, the worker) takes the types and so can never see an invalid tenant id or URL.
+//! Each type owns its rule: `parse` applies it, and the constants next to it (pattern, length)
+//! are what the OpenAPI document shows for it (`api::text` turns the types into request types).
 
 use std::{
     fmt,
@@ -25,10 +27,13 @@ pub struct InvalidValue {
 #[serde(try_from = "String", into = "String")]
 pub struct TenantId(String);
 
-/// Pattern of [`TenantId`], shared with the OpenAPI document.
+/// Pattern of [`TenantId`], as the OpenAPI document shows it; [`TenantId::parse`] applies it.
 pub const TENANT_ID_PATTERN: &str = "^[a-z0-9][a-z0-9_-]*$";
 
 impl TenantId {
+    /// Longest tenant id, in characters.
+    pub const MAX_CHARS: usize = 100;
+
     /// Parses a tenant id.
     pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
         let invalid = |reason| InvalidValue {
@@ -39,13 +44,15 @@ impl TenantId {
         let first_ok = chars
             .next()
             .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-        if raw.is_empty() || raw.len() > 100 {
+        if raw.is_empty() || raw.len() > Self::MAX_CHARS {
             return Err(invalid("must be 1 to 100 characters"));
         }
         let rest_ok =
             chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
         if !first_ok || !rest_ok {
-            return Err(invalid("must match ^[a-z0-9][a-z0-9_-]*$"));
+            return Err(invalid(
+                "must be lowercase letters, digits, `_` and `-`, starting with a letter or digit",
+            ));
         }
         Ok(Self(raw.to_owned()))
     }
@@ -75,27 +82,55 @@ impl fmt::Display for TenantId {
     }
 }
 
+/// Lets code (and tests) compare a tenant id with text without building one.
+impl PartialEq<str> for TenantId {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+/// Pattern of one line of text ([`TicketId`], [`TenantName`]), as the OpenAPI document shows
+/// it: not blank, no control characters (`char::is_control`, the Unicode class Cc).
+/// [`one_line`] applies it.
+pub const LINE_PATTERN: &str =
+    r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$";
+
+/// Checks that `raw` is one line of 1 to `max_chars` characters ([`LINE_PATTERN`]); the
+/// rule of [`TicketId`] and [`TenantName`].
+fn one_line(
+    field: &'static str,
+    length_reason: &'static str,
+    max_chars: usize,
+    raw: &str,
+) -> Result<String, InvalidValue> {
+    let count = raw.chars().count();
+    if count == 0 || count > max_chars || raw.trim().is_empty() {
+        return Err(InvalidValue {
+            field,
+            reason: length_reason,
+        });
+    }
+    if raw.chars().any(char::is_control) {
+        return Err(InvalidValue {
+            field,
+            reason: "must not contain control characters",
+        });
+    }
+    Ok(raw.to_owned())
+}
+
 /// A ticket id in the tenant's service desk: 1–100 characters, not blank.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TicketId(String);
 
 impl TicketId {
+    /// Longest ticket id, in characters.
+    pub const MAX_CHARS: usize = 100;
+
     /// Parses a ticket id.
     pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
-        let count = raw.chars().count();
-        if count == 0 || count > 100 || raw.trim().is_empty() {
-            return Err(InvalidValue {
-                field: "ticket_id",
-                reason: "must be 1 to 100 characters",
-            });
-        }
-        if raw.chars().any(char::is_control) {
-            return Err(InvalidValue {
-                field: "ticket_id",
-                reason: "must not contain control characters",
-            });
-        }
-        Ok(Self(raw.to_owned()))
+        let reason = "must be 1 to 100 characters, not blank";
+        one_line("ticket_id", reason, Self::MAX_CHARS, raw).map(Self)
     }
 
     /// The id as text.
@@ -104,8 +139,9 @@ impl TicketId {
     }
 }
 
-/// Pattern of [`ServiceDeskUrl`], shared with the OpenAPI document: a DNS name or IPv4
+/// Pattern of [`ServiceDeskUrl`], as the OpenAPI document shows it: a DNS name or IPv4
 /// address, or an IPv6 address in brackets, then an optional port and path.
+/// [`ServiceDeskUrl::parse`] applies it (and more: the host policy, valid IP literals).
 pub const SERVICEDESK_URL_PATTERN: &str =
     r"^https?://([A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?(/\S*)?$";
 
@@ -125,6 +161,9 @@ pub enum HostPolicy {
 pub struct ServiceDeskUrl(String);
 
 impl ServiceDeskUrl {
+    /// Longest URL, in bytes (the pattern allows non-ASCII only in the path).
+    pub const MAX_LEN: usize = 500;
+
     /// Parses a service desk URL: `http(s)://HOST[:PORT][/PATH]` ([`SERVICEDESK_URL_PATTERN`]),
     /// refusing internal hosts under [`HostPolicy::PublicOnly`] (see `internal_host`).
     pub fn parse(raw: &str, policy: HostPolicy) -> Result<Self, InvalidValue> {
@@ -132,7 +171,7 @@ impl ServiceDeskUrl {
             field: "servicedesk_url",
             reason,
         };
-        if raw.len() > 500 {
+        if raw.len() > Self::MAX_LEN {
             return Err(invalid("must be at most 500 characters"));
         }
         let not_url = || invalid("must be an absolute http(s) URL");
@@ -300,22 +339,13 @@ fn internal_v6(ip: Ipv6Addr) -> bool {
 pub struct TenantName(String);
 
 impl TenantName {
+    /// Longest name, in characters.
+    pub const MAX_CHARS: usize = 255;
+
     /// Parses a tenant name.
     pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
-        let count = raw.chars().count();
-        if count == 0 || count > 255 || raw.trim().is_empty() {
-            return Err(InvalidValue {
-                field: "name",
-                reason: "must be 1 to 255 characters",
-            });
-        }
-        if raw.chars().any(char::is_control) {
-            return Err(InvalidValue {
-                field: "name",
-                reason: "must not contain control characters",
-            });
-        }
-        Ok(Self(raw.to_owned()))
+        let reason = "must be 1 to 255 characters, not blank";
+        one_line("name", reason, Self::MAX_CHARS, raw).map(Self)
     }
 
     /// The name as text.
@@ -357,11 +387,7 @@ pub fn storable_json(field: &'static str, value: &serde_json::Value) -> Result<(
     }
 }
 
-/// Lifecycle of an enhancement: `pending` → `processing` → `completed` | `failed`.
-///
-/// The one status type from the database to the API: rows are read into it (an unknown stored
-/// value is an error, never a silent `pending`), list filters take it, and the API documents it
-/// as the `Status` schema.
+/// Lifecycle of an enhancement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, poem_openapi::Enum)]
 #[serde(rename_all = "snake_case")]
 #[oai(rename = "Status", rename_all = "snake_case")]
@@ -387,7 +413,9 @@ impl EnhancementStatus {
         }
     }
 
-    /// Parses the database spelling.
+    /// Parses the database spelling. This is the one status type from the database to the API
+    /// (rows, list filters, the `Status` schema), so a value it does not know is an error for
+    /// the caller to report, never silently taken for another status.
     pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
         match raw {
             "pending" => Ok(Self::Pending),
@@ -535,6 +563,60 @@ mod tests {
             assert!(storable_json("context", &bad).is_err(), "{bad}");
         }
         assert!(TenantName::parse("a\u{0}b").is_err());
+    }
+
+    /// The patterns the OpenAPI document shows are the rules `parse` applies.
+    #[test]
+    fn parsers_apply_the_documented_patterns() {
+        let tenant = regex::Regex::new(TENANT_ID_PATTERN).expect("pattern");
+        let line = regex::Regex::new(LINE_PATTERN).expect("pattern");
+        let url = regex::Regex::new(SERVICEDESK_URL_PATTERN).expect("pattern");
+        let long = "x".repeat(101);
+        let wide = "é".repeat(100);
+        let samples = [
+            "a",
+            "acme",
+            "0abc",
+            "acme-corp_2",
+            "-acme",
+            "_x",
+            "Acme",
+            "acme corp",
+            "acmé",
+            "a/b",
+            "",
+            " ",
+            "   ",
+            "a\nb",
+            "a\u{85}b",
+            "a\u{7f}",
+            "\u{a0}",
+            "x\ty",
+            "INC 1",
+            "Ticket #7",
+            &long,
+            &wide,
+            "https://desk.example.com",
+            "http://[2001:db8::1]:8080/x",
+            "ftp://x.com",
+            "http://a b",
+            "http://%31/",
+            "https://e.com/p?q=1",
+            "http://user@e.com/",
+        ];
+        let within = |s: &str, max: usize| s.chars().count() <= max;
+        for s in samples {
+            let tenant_ok = tenant.is_match(s) && within(s, TenantId::MAX_CHARS);
+            assert_eq!(TenantId::parse(s).is_ok(), tenant_ok, "tenant id {s:?}");
+            let ticket_ok = line.is_match(s) && within(s, TicketId::MAX_CHARS);
+            assert_eq!(TicketId::parse(s).is_ok(), ticket_ok, "ticket id {s:?}");
+            let name_ok = line.is_match(s) && within(s, TenantName::MAX_CHARS);
+            assert_eq!(TenantName::parse(s).is_ok(), name_ok, "name {s:?}");
+            // The URL parser is stricter than its pattern (valid IP literals, the host policy).
+            if ServiceDeskUrl::parse(s, HostPolicy::AllowInternal).is_ok() {
+                assert!(url.is_match(s), "url {s:?}");
+            }
+        }
     }
 
     #[test]

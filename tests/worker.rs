@@ -355,8 +355,15 @@ fn redis_pool(redis_url: &str) -> RedisPool {
 fn enhancement_job(id: Uuid) -> Job {
     Job::new(JobKind::Enhancement {
         enhancement_id: id,
-        tenant_id: TENANT.to_owned(),
+        tenant_id: ai_agents::domain::TenantId::parse(TENANT).expect("valid tenant id"),
     })
+}
+
+/// The JSON of an enhancement job whose tenant id can never be valid (no `Job` holds one).
+fn bad_tenant_job() -> String {
+    enhancement_job(Uuid::now_v7())
+        .encode()
+        .replace(&format!("\"{TENANT}\""), "\"Not A Tenant!\"")
 }
 
 fn stats(pending: u64, in_flight: u64, retrying: u64, dead: u64) -> QueueStats {
@@ -718,15 +725,17 @@ async fn permanent_errors_are_dead_lettered_at_once() {
         .await
         .expect("queued");
     // A tenant id that can never be valid.
-    env.queue
-        .enqueue(&Job::new(JobKind::Enhancement {
-            enhancement_id: Uuid::now_v7(),
-            tenant_id: "Not A Tenant!".into(),
-        }))
-        .await
-        .expect("queued");
-    // Text that is no job, and an entry without the `job` field.
     let jobs = env.queue.keys().jobs.clone();
+    let _: String = env
+        .redis(
+            redis::cmd("XADD")
+                .arg(&jobs)
+                .arg("*")
+                .arg("job")
+                .arg(bad_tenant_job()),
+        )
+        .await;
+    // Text that is no job, and an entry without the `job` field.
     let _: String = env
         .redis(
             redis::cmd("XADD")
@@ -1251,13 +1260,16 @@ async fn queue_stats_count_each_state() {
     );
     // A job whose row does not exist is dropped; a bad payload is dead at once.
     env.enqueue(&[Uuid::now_v7()]).await;
-    env.queue
-        .enqueue(&Job::new(JobKind::Enhancement {
-            enhancement_id: Uuid::now_v7(),
-            tenant_id: "Not A Tenant!".into(),
-        }))
-        .await
-        .expect("queued");
+    let jobs = env.queue.keys().jobs.clone();
+    let _: String = env
+        .redis(
+            redis::cmd("XADD")
+                .arg(&jobs)
+                .arg("*")
+                .arg("job")
+                .arg(bad_tenant_job()),
+        )
+        .await;
     assert!(
         eventually(Duration::from_secs(15), || async {
             env.stats().await == stats(0, 0, 1, 1)

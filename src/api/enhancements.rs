@@ -16,14 +16,7 @@ use poem_openapi::{
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::{
-    AppState,
-    auth::AdminAuth,
-    paging,
-    problem::ApiError,
-    problem::violated_constraint,
-    text::{Line, Slug},
-};
+use super::{AppState, auth::AdminAuth, paging, problem::ApiError, problem::violated_constraint};
 use crate::{
     db::{
         enhancements::{self, EnhancementRow},
@@ -46,11 +39,9 @@ enum EnhancementTags {
 #[oai(deny_unknown_fields)]
 pub struct EnhancementCreate {
     /// The tenant the ticket belongs to.
-    #[oai(validator(min_length = 1, max_length = 100))]
-    pub tenant_id: Slug,
+    pub tenant_id: TenantId,
     /// The ticket in the tenant's service desk: not blank, no control characters.
-    #[oai(validator(min_length = 1, max_length = 100))]
-    pub ticket_id: Line,
+    pub ticket_id: TicketId,
     /// Extra context for the enhancement logic.
     pub context: Option<BTreeMap<String, Value>>,
 }
@@ -162,7 +153,7 @@ async fn store_and_enqueue(
 
     let job = Job::new(JobKind::Enhancement {
         enhancement_id: id,
-        tenant_id: tenant.as_str().to_owned(),
+        tenant_id: tenant.clone(),
     });
     if let Err(e) = state.queue.enqueue(&job).await {
         // No row without a job: take the row back before answering.
@@ -198,16 +189,14 @@ impl EnhancementsApi {
         body: Json<EnhancementCreate>,
     ) -> Result<Accepted, ApiError> {
         let body = body.0;
-        let tenant = TenantId::parse(body.tenant_id.as_ref())?;
-        let ticket = TicketId::parse(body.ticket_id.as_ref())?;
         let context = Value::Object(body.context.unwrap_or_default().into_iter().collect());
         storable_json("context", &context)?;
         // Its own task: once the row is committed, the job is queued (or the row taken back)
         // even if the client hangs up or the request deadline fires in between.
         let row = tokio::spawn(store_and_enqueue(
             self.state.clone(),
-            tenant,
-            ticket,
+            body.tenant_id,
+            body.ticket_id,
             context,
         ))
         .await

@@ -16,7 +16,7 @@ use super::{
     paging,
     problem::ApiError,
     problem::violated_constraint,
-    text::{HttpUrl, Line, Slug, Text},
+    text::{HttpUrl, Text},
 };
 use crate::{
     crypto::{Binding, SecretField},
@@ -38,13 +38,10 @@ enum TenantTags {
 #[oai(deny_unknown_fields)]
 pub struct TenantCreate {
     /// Public id: lowercase letters, digits, `_` and `-`, starting with a letter or digit.
-    #[oai(validator(min_length = 1, max_length = 100))]
-    pub tenant_id: Slug,
+    pub tenant_id: TenantId,
     /// Display name.
-    #[oai(validator(min_length = 1, max_length = 255))]
-    pub name: Line,
+    pub name: TenantName,
     /// Base URL of the tenant's service desk (http or https).
-    #[oai(validator(min_length = 1, max_length = 500))]
     pub servicedesk_url: HttpUrl,
     /// Service desk API key; stored encrypted, never returned.
     #[oai(validator(min_length = 1, max_length = 4096))]
@@ -62,10 +59,8 @@ pub struct TenantCreate {
 #[oai(deny_unknown_fields)]
 pub struct TenantUpdate {
     /// New display name.
-    #[oai(validator(min_length = 1, max_length = 255))]
-    pub name: Option<Line>,
+    pub name: Option<TenantName>,
     /// New service desk URL.
-    #[oai(validator(min_length = 1, max_length = 500))]
     pub servicedesk_url: Option<HttpUrl>,
     /// A rotated API key.
     #[oai(validator(min_length = 1, max_length = 4096))]
@@ -184,9 +179,8 @@ impl TenantsApi {
         body: Json<TenantCreate>,
     ) -> Result<Created, ApiError> {
         let body = body.0;
-        let tenant = TenantId::parse(body.tenant_id.as_ref())?;
-        let name = TenantName::parse(body.name.as_ref())?;
-        let url = ServiceDeskUrl::parse(body.servicedesk_url.as_ref(), self.host_policy())?;
+        let tenant = body.tenant_id;
+        let url = ServiceDeskUrl::parse(body.servicedesk_url.as_str(), self.host_policy())?;
         let api_key = self.encrypt(
             &tenant,
             SecretField::ServicedeskApiKey,
@@ -201,7 +195,7 @@ impl TenantsApi {
         storable_json("enhancement_preferences", &preferences)?;
         let mut tx = self.state.tenant_tx(&tenant).await?;
         let new = NewTenant {
-            name: name.as_str(),
+            name: body.name.as_str(),
             servicedesk_url: url.as_str(),
             servicedesk_api_key_encrypted: &api_key,
             webhook_signing_secret_encrypted: &webhook,
@@ -286,11 +280,9 @@ impl TenantsApi {
     ) -> Result<Json<Tenant>, ApiError> {
         let tenant = path_tenant(&tenant_id.0)?;
         let body = body.0;
-        let name = body.name.as_deref().map(TenantName::parse).transpose()?;
         let url = body
             .servicedesk_url
-            .as_deref()
-            .map(|raw| ServiceDeskUrl::parse(raw, self.host_policy()))
+            .map(|raw| ServiceDeskUrl::parse(raw.as_str(), self.host_policy()))
             .transpose()?;
         let api_key = body
             .servicedesk_api_key
@@ -307,7 +299,7 @@ impl TenantsApi {
             storable_json("enhancement_preferences", preferences)?;
         }
         let changes = TenantChanges {
-            name: name.as_ref().map(TenantName::as_str),
+            name: body.name.as_ref().map(TenantName::as_str),
             servicedesk_url: url.as_ref().map(ServiceDeskUrl::as_str),
             servicedesk_api_key_encrypted: api_key.as_deref(),
             webhook_signing_secret_encrypted: webhook.as_deref(),

@@ -75,7 +75,8 @@ pub async fn start(
     for delivery in deliveries {
         let job = match Job::decode(&delivery.payload) {
             Ok(job) => job,
-            Err(error) => {
+            Err(e) => {
+                let error = e.to_string();
                 tracing::error!(entry = %delivery.entry_id, %error, "undecodable job dead-lettered");
                 next.push(Next::Settle(
                     delivery,
@@ -89,17 +90,7 @@ pub async fn start(
             JobKind::Enhancement {
                 enhancement_id,
                 tenant_id,
-            } => match TenantId::parse(tenant_id) {
-                Ok(tenant) => Some((*enhancement_id, tenant)),
-                Err(e) => {
-                    let error = format!("bad payload: {e}");
-                    next.push(Next::Settle(
-                        delivery,
-                        Settlement::Dead { error, attempts: 1 },
-                    ));
-                    continue;
-                }
-            },
+            } => Some((*enhancement_id, tenant_id.clone())),
         };
         let taken = Taken { delivery, job, row };
         if taken.row.is_some() {
