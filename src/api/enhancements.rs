@@ -16,9 +16,10 @@ use poem_openapi::{
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::{AppState, auth::AdminAuth, paging, problem::ApiError, problem::violated_constraint};
+use super::{AppState, auth::AdminAuth, paging, problem::ApiError};
 use crate::{
     db::{
+        ResultExt,
         enhancements::{self, EnhancementRow},
         scope::{CrossTenantTx, TenantTx},
     },
@@ -126,9 +127,6 @@ pub struct EnhancementsApi {
     pub state: AppState,
 }
 
-/// The foreign key whose violation means "unknown tenant".
-const TENANT_FK: &str = "enhancement_history_tenant_id_fkey";
-
 fn tenant_not_found(tenant: &str) -> ApiError {
     ApiError::not_found(format!("tenant `{tenant}` does not exist"))
 }
@@ -142,13 +140,11 @@ async fn store_and_enqueue(
 ) -> Result<EnhancementRow, ApiError> {
     let id = Uuid::now_v7();
     let mut tx = state.tenant_tx(&tenant).await?;
-    let row = match enhancements::insert(&mut tx, id, &ticket, &context).await {
-        Ok(row) => row,
-        Err(e) if violated_constraint(&e) == Some(TENANT_FK) => {
-            return Err(tenant_not_found(tenant.as_str()));
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let row = enhancements::insert(&mut tx, id, &ticket, &context)
+        .await
+        .on_constraint(enhancements::TENANT_FK, || {
+            tenant_not_found(tenant.as_str())
+        })?;
     tx.commit().await?;
 
     let job = Job::new(JobKind::Enhancement {

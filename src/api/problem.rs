@@ -155,11 +155,3 @@ impl From<QueueError> for ApiError {
         Self::unavailable("the job queue")
     }
 }
-
-/// The constraint name of a unique or foreign-key violation, if `e` is one.
-pub fn violated_constraint(e: &sqlx::Error) -> Option<&str> {
-    match e {
-        sqlx::Error::Database(db) => db.constraint(),
-        _ => None,
-    }
-}

@@ -15,12 +15,12 @@ use super::{
     auth::AdminAuth,
     paging,
     problem::ApiError,
-    problem::violated_constraint,
     text::{HttpUrl, Text},
 };
 use crate::{
     crypto::{Binding, SecretField},
     db::{
+        ResultExt,
         scope::CrossTenantTx,
         tenants::{self, NewTenant, TenantChanges, TenantRow, UNIQUE_TENANT_ID},
     },
@@ -201,15 +201,11 @@ impl TenantsApi {
             webhook_signing_secret_encrypted: &webhook,
             enhancement_preferences: &preferences,
         };
-        let row = match tenants::insert(&mut tx, &new).await {
-            Ok(row) => row,
-            Err(e) if violated_constraint(&e) == Some(UNIQUE_TENANT_ID) => {
-                return Err(ApiError::conflict(format!(
-                    "tenant `{tenant}` already exists"
-                )));
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let row = tenants::insert(&mut tx, &new)
+            .await
+            .on_constraint(UNIQUE_TENANT_ID, || {
+                ApiError::conflict(format!("tenant `{tenant}` already exists"))
+            })?;
         tx.commit().await?;
         tracing::info!(tenant_id = %tenant, "tenant created");
         Ok(Created::Created(Json(row.into())))

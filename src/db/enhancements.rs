@@ -87,6 +87,10 @@ pub struct PageAfter {
     pub id: Uuid,
 }
 
+/// The foreign key whose violation means "unknown tenant" (an insert for a tenant that does not
+/// exist).
+pub const TENANT_FK: &str = "enhancement_history_tenant_id_fkey";
+
 /// Stores a new `pending` enhancement for the transaction's tenant.
 pub async fn insert(
     tx: &mut TenantTx,

@@ -375,7 +375,7 @@ async fn limited(
     };
     match tokio::time::timeout_at(read_at + shared.settings.time_limit, run).await {
         Ok(outcome) => outcome,
-        Err(_) => Err(JobError::Transient(format!(
+        Err(_) => Err(JobError::transient(format!(
             "hard time limit of {} s exceeded",
             shared.settings.time_limit.as_secs()
         ))),
