@@ -1,10 +1,7 @@
-//! `/api/v1/enhancements`: enhancement requests, and `/api/v1/queue/stats`.
+//! `/api/v1/enhancements`: enhancement requests.
 //!
-//! Creating an enhancement stores its `pending` row and queues its job as one logical step:
-//! the row is committed first (so a worker that takes the job at once finds it), then the job
-//! is queued; if queueing fails the row is deleted again and the client gets a 503. There is
-//! never a job without a row, and a row without a job only if the process dies between the
-//! two writes (see docs/architecture.md).
+//! Creating one is the use case in [`crate::service::enhancements`] (store the `pending` row and
+//! queue its job as one logical step); this module maps its outcome to HTTP.
 
 use std::collections::BTreeMap;
 
@@ -19,20 +16,17 @@ use uuid::Uuid;
 use super::{AppState, auth::AdminAuth, paging, problem::ApiError};
 use crate::{
     db::{
-        ResultExt,
         enhancements::{self, EnhancementRow},
-        scope::{CrossTenantTx, TenantTx},
+        scope::CrossTenantTx,
     },
-    domain::{EnhancementStatus, TenantId, TicketId, storable_json},
-    queue::{Job, JobKind},
+    domain::{EnhancementStatus, TenantId, TicketId},
+    service::enhancements::{NewEnhancement, RequestError},
 };
 
 #[derive(Tags)]
 enum EnhancementTags {
     /// Enhancement requests.
     Enhancements,
-    /// The job queue.
-    Queue,
 }
 
 /// A request to enhance one ticket.
@@ -101,19 +95,6 @@ pub struct EnhancementPage {
     pub next_cursor: Option<String>,
 }
 
-/// Queue counts.
-#[derive(Object)]
-pub struct QueueStatsBody {
-    /// Queued and not yet taken.
-    pub pending: u64,
-    /// Taken and not yet acknowledged.
-    pub in_flight: u64,
-    /// Waiting for a retry.
-    pub retrying: u64,
-    /// In the dead-letter queue.
-    pub dead: u64,
-}
-
 #[derive(ApiResponse)]
 enum Accepted {
     /// Stored and queued.
@@ -121,53 +102,25 @@ enum Accepted {
     Accepted(Json<Enhancement>),
 }
 
-/// Enhancement and queue endpoints.
+/// Enhancement endpoints.
 pub struct EnhancementsApi {
     /// Shared state.
     pub state: AppState,
 }
 
-fn tenant_not_found(tenant: &str) -> ApiError {
-    ApiError::not_found(format!("tenant `{tenant}` does not exist"))
-}
-
-/// Stores the `pending` row, then queues its job; if queueing fails, deletes the row again.
-async fn store_and_enqueue(
-    state: AppState,
-    tenant: TenantId,
-    ticket: TicketId,
-    context: Value,
-) -> Result<EnhancementRow, ApiError> {
-    let id = Uuid::now_v7();
-    let mut tx = state.tenant_tx(&tenant).await?;
-    let row = enhancements::insert(&mut tx, id, &ticket, &context)
-        .await
-        .on_constraint(enhancements::TENANT_FK, || {
-            tenant_not_found(tenant.as_str())
-        })?;
-    tx.commit().await?;
-
-    let job = Job::new(JobKind::Enhancement {
-        enhancement_id: id,
-        tenant_id: tenant.clone(),
-    });
-    if let Err(e) = state.queue.enqueue(&job).await {
-        // No row without a job: take the row back before answering.
-        let undo = async {
-            let mut tx = TenantTx::begin(&state.pool, &tenant).await?;
-            enhancements::delete(&mut tx, id).await?;
-            tx.commit().await
-        };
-        if let Err(undo_error) = undo.await {
-            tracing::error!(
-                enhancement_id = %id,
-                error = &undo_error as &dyn std::error::Error,
-                "could not remove the enhancement whose job was not queued"
-            );
+impl From<RequestError> for ApiError {
+    fn from(e: RequestError) -> Self {
+        match e {
+            RequestError::UnknownTenant(tenant) => Self::tenant_not_found(tenant),
+            RequestError::TenantBusy(busy) => busy.into(),
+            RequestError::Database(e) => e.into(),
+            RequestError::Queue(e) => e.into(),
+            RequestError::Interrupted(e) => {
+                tracing::error!(error = &e as &dyn std::error::Error, "request task failed");
+                Self::internal()
+            }
         }
-        return Err(e.into());
     }
-    Ok(row)
 }
 
 #[OpenApi(prefix_path = "/api/v1")]
@@ -186,17 +139,8 @@ impl EnhancementsApi {
     ) -> Result<Accepted, ApiError> {
         let body = body.0;
         let context = Value::Object(body.context.unwrap_or_default().into_iter().collect());
-        storable_json("context", &context)?;
-        // Its own task: once the row is committed, the job is queued (or the row taken back)
-        // even if the client hangs up or the request deadline fires in between.
-        let row = tokio::spawn(store_and_enqueue(
-            self.state.clone(),
-            body.tenant_id,
-            body.ticket_id,
-            context,
-        ))
-        .await
-        .map_err(|_| ApiError::internal())??;
+        let new = NewEnhancement::new(body.tenant_id, body.ticket_id, context)?;
+        let row = self.state.enhancements().request(new).await?;
         Ok(Accepted::Accepted(Json(row.into())))
     }
 
@@ -272,23 +216,6 @@ impl EnhancementsApi {
         Ok(Json(EnhancementPage {
             items: rows.into_iter().map(Into::into).collect(),
             next_cursor,
-        }))
-    }
-
-    /// Queue counts: pending, in flight, waiting for a retry, dead.
-    #[oai(
-        path = "/queue/stats",
-        method = "get",
-        operation_id = "queue_stats",
-        tag = "EnhancementTags::Queue"
-    )]
-    async fn queue_stats(&self, _auth: AdminAuth) -> Result<Json<QueueStatsBody>, ApiError> {
-        let stats = self.state.queue.stats().await?;
-        Ok(Json(QueueStatsBody {
-            pending: stats.pending,
-            in_flight: stats.in_flight,
-            retrying: stats.retrying,
-            dead: stats.dead,
         }))
     }
 }

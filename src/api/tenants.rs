@@ -24,7 +24,7 @@ use crate::{
         scope::CrossTenantTx,
         tenants::{self, NewTenant, TenantChanges, TenantRow, UNIQUE_TENANT_ID},
     },
-    domain::{HostPolicy, ServiceDeskUrl, TenantId, TenantName, storable_json},
+    domain::{ServiceDeskUrl, TenantId, TenantName, storable_json},
 };
 
 #[derive(Tags)]
@@ -137,24 +137,12 @@ pub struct TenantsApi {
     pub state: AppState,
 }
 
-fn not_found(tenant: &str) -> ApiError {
-    ApiError::not_found(format!("tenant `{tenant}` does not exist"))
-}
-
 /// Parses a tenant id from a path: one that cannot exist is simply not found.
 fn path_tenant(raw: &str) -> Result<TenantId, ApiError> {
-    TenantId::parse(raw).map_err(|_| not_found(raw))
+    TenantId::parse(raw).map_err(|_| ApiError::tenant_not_found(raw))
 }
 
 impl TenantsApi {
-    fn host_policy(&self) -> HostPolicy {
-        if self.state.allow_internal_urls {
-            HostPolicy::AllowInternal
-        } else {
-            HostPolicy::PublicOnly
-        }
-    }
-
     /// Seals `value` for `tenant`'s `field`: the ciphertext opens in that row and column only.
     fn encrypt(
         &self,
@@ -180,7 +168,7 @@ impl TenantsApi {
     ) -> Result<Created, ApiError> {
         let body = body.0;
         let tenant = body.tenant_id;
-        let url = ServiceDeskUrl::parse(body.servicedesk_url.as_str(), self.host_policy())?;
+        let url = ServiceDeskUrl::parse(body.servicedesk_url.as_str(), self.state.host_policy())?;
         let api_key = self.encrypt(
             &tenant,
             SecretField::ServicedeskApiKey,
@@ -257,7 +245,7 @@ impl TenantsApi {
         let mut tx = self.state.tenant_tx(&tenant).await?;
         let row = tenants::get(&mut tx)
             .await?
-            .ok_or_else(|| not_found(&tenant_id.0))?;
+            .ok_or_else(|| ApiError::tenant_not_found(&tenant_id.0))?;
         tx.commit().await?;
         Ok(Json(row.into()))
     }
@@ -278,7 +266,7 @@ impl TenantsApi {
         let body = body.0;
         let url = body
             .servicedesk_url
-            .map(|raw| ServiceDeskUrl::parse(raw.as_str(), self.host_policy()))
+            .map(|raw| ServiceDeskUrl::parse(raw.as_str(), self.state.host_policy()))
             .transpose()?;
         let api_key = body
             .servicedesk_api_key
@@ -304,7 +292,7 @@ impl TenantsApi {
         let mut tx = self.state.tenant_tx(&tenant).await?;
         let row = tenants::update(&mut tx, &changes)
             .await?
-            .ok_or_else(|| not_found(&tenant_id.0))?;
+            .ok_or_else(|| ApiError::tenant_not_found(&tenant_id.0))?;
         tx.commit().await?;
         tracing::info!(tenant_id = %tenant, "tenant updated");
         Ok(Json(row.into()))
@@ -320,7 +308,7 @@ impl TenantsApi {
         let tenant = path_tenant(&tenant_id.0)?;
         let mut tx = self.state.tenant_tx(&tenant).await?;
         if !tenants::delete(&mut tx).await? {
-            return Err(not_found(&tenant_id.0));
+            return Err(ApiError::tenant_not_found(&tenant_id.0));
         }
         tx.commit().await?;
         tracing::info!(tenant_id = %tenant, "tenant deleted");
