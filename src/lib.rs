@@ -6,9 +6,12 @@
 //! [`worker`], which processes it with retries and acknowledges it only once its result is
 //! stored. Tenant secrets are sealed by [`crypto`] and checked or re-encrypted by
 //! [`secrets_admin`] (`ai-agents-api secrets verify|rotate`). [`config`] and [`telemetry`] serve
-//! both binaries, whose thin entry points live in `src/bin/`.
+//! both binaries, whose thin entry points in `src/bin/` read their arguments, [`boot`] and run
+//! one of the [`commands`].
 
 pub mod api;
+pub mod boot;
+pub mod commands;
 pub mod config;
 pub mod crypto;
 pub mod db;
