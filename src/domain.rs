@@ -91,7 +91,7 @@ impl PartialEq<str> for TenantId {
 
 /// Pattern of one line of text ([`TicketId`], [`TenantName`]), as the OpenAPI document shows
 /// it: not blank, no control characters (`char::is_control`, the Unicode class Cc).
-/// [`one_line`] applies it.
+/// `one_line` applies it.
 pub const LINE_PATTERN: &str =
     r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$";
 

@@ -20,7 +20,7 @@ use crate::domain::{EnhancementStatus, TicketId};
 ///
 /// `S` is the type of its status: [`EnhancementStatus`] everywhere outside this module; `String`
 /// only for the moment between the query macros, which read the column as text, and
-/// [`EnhancementRow::typed`], which parses it.
+/// `EnhancementRow::typed`, which parses it.
 #[derive(Debug, Clone)]
 pub struct EnhancementRow<S = EnhancementStatus> {
     /// Id (UUIDv7, so ids sort by creation).
