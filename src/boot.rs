@@ -1,11 +1,12 @@
 //! Starting a binary: the steps both binaries share, in their order.
 //!
-//! [`arguments`] answers `--version` (which needs no configuration at all), `--help` and
-//! unknown arguments (exit 2) the same way for both binaries; each binary only says which
-//! commands it has. [`Boot::run`] then loads the configuration (when it is invalid: one line
-//! naming the variable, exit 78, `EX_CONFIG`), installs the TLS provider, raises the open-files
-//! limit of a server, builds the runtime, starts the logs, runs the command, and turns the
-//! command's error into one line on stderr — the whole cause chain, each text once — and exit 1.
+//! A binary describes its commands as a [`Binary`] and its `main` calls [`main`], which
+//! answers `--version` (it needs no configuration at all), `--help` and unknown arguments (exit
+//! 2) the same way for both binaries. For a command it then loads the configuration (when it is
+//! invalid: one line naming the variable, exit 78, `EX_CONFIG`), installs the TLS provider,
+//! raises the open-files limit of a server, builds the runtime, starts the logs, runs the
+//! command, and turns the command's error into one line on stderr — the whole cause chain,
+//! each text once — and exit 1.
 
 use std::process::ExitCode;
 
@@ -41,47 +42,23 @@ pub const EXIT_CONFIG: u8 = 78;
 /// Exit code of arguments the binary does not know.
 pub const EXIT_USAGE: u8 = 2;
 
-/// What the command line asks a binary to do.
-pub enum Arguments<C> {
-    /// Run this command.
-    Run(C),
-    /// Nothing more to do (the version or the usage was printed): exit with this code.
-    Exit(ExitCode),
-}
-
-/// Reads the process's arguments: `--version`, `--help` and unknown arguments are answered
-/// here, the rest is `parse`'s (`None`: unknown).
-pub fn arguments<C>(
-    name: &str,
-    usage: &str,
-    parse: impl FnOnce(&[&str]) -> Option<C>,
-) -> Arguments<C> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    match args.as_slice() {
-        ["--version" | "-V" | "version"] => {
-            println!("{name} {}", env!("CARGO_PKG_VERSION"));
-            Arguments::Exit(ExitCode::SUCCESS)
-        }
-        ["--help" | "-h" | "help"] => {
-            println!("{usage}");
-            Arguments::Exit(ExitCode::SUCCESS)
-        }
-        args => match parse(args) {
-            Some(command) => Arguments::Run(command),
-            None => {
-                eprintln!("{name}: unknown arguments\n{usage}");
-                Arguments::Exit(ExitCode::from(EXIT_USAGE))
-            }
-        },
-    }
-}
-
-/// How one command of a binary starts.
-#[derive(Debug, Clone, Copy)]
-pub struct Boot {
+/// One binary: its commands, how each is read from the arguments, started and run.
+pub trait Binary: Sized {
     /// The binary's name, which starts every line it prints on stderr.
-    pub name: &'static str,
+    const NAME: &'static str;
+    /// Its usage line, for `--help` and unknown arguments.
+    const USAGE: &'static str;
+    /// The command the arguments name, `None` when they name none.
+    fn parse(args: &[&str]) -> Option<Self>;
+    /// How the command starts.
+    fn start(&self) -> Start;
+    /// What the command does, once configured.
+    fn run(self, config: Config) -> impl Future<Output = Result<(), BoxError>>;
+}
+
+/// How one command starts.
+#[derive(Debug, Clone, Copy)]
+pub struct Start {
     /// The variables the command needs.
     pub requirements: Requirements,
     /// The `service` of its log lines; `None` for a command whose output is for a person or a
@@ -92,50 +69,67 @@ pub struct Boot {
     pub serves: bool,
 }
 
-impl Boot {
-    /// Runs `command` with the loaded configuration (see the module doc); the process's exit
-    /// code.
-    pub fn run<F, Fut>(self, command: F) -> ExitCode
-    where
-        F: FnOnce(Config) -> Fut,
-        Fut: Future<Output = Result<(), BoxError>>,
+/// The process of binary `B` from its arguments to its exit code (see the module doc).
+pub fn main<B: Binary>() -> ExitCode {
+    let command = match command::<B>() {
+        Ok(command) => command,
+        Err(code) => return code,
+    };
+    let start = command.start();
+    let config = match Config::load(start.requirements) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{}: {e}", B::NAME);
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    crate::install_tls_provider();
+    let open_files = start.serves.then(crate::os::raise_open_files_limit);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
     {
-        let config = match Config::load(self.requirements) {
-            Ok(config) => config,
-            Err(e) => {
-                eprintln!("{}: {e}", self.name);
-                return ExitCode::from(EXIT_CONFIG);
-            }
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("{}: cannot start the async runtime: {e}", B::NAME);
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        if let Some(service) = start.logs {
+            telemetry::init(service, &config);
+            log_open_files(open_files);
+        }
+        let Err(e) = command.run(config).await else {
+            return ExitCode::SUCCESS;
         };
-        crate::install_tls_provider();
-        let open_files = self.serves.then(crate::os::raise_open_files_limit);
-        let runtime = match tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(runtime) => runtime,
-            Err(e) => {
-                eprintln!("{}: cannot start the async runtime: {e}", self.name);
-                return ExitCode::FAILURE;
-            }
-        };
-        runtime.block_on(async move {
-            if let Some(service) = self.logs {
-                telemetry::init(service, &config);
-                log_open_files(open_files);
-            }
-            match command(config).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    if self.logs.is_some() {
-                        let error = &*e as &dyn std::error::Error;
-                        tracing::error!(error, "{} failed", self.name);
-                    }
-                    eprintln!("{}: {}", self.name, telemetry::error_chain(&*e));
-                    ExitCode::FAILURE
-                }
-            }
-        })
+        if start.logs.is_some() {
+            let error = &*e as &dyn std::error::Error;
+            tracing::error!(error, "{} failed", B::NAME);
+        }
+        eprintln!("{}: {}", B::NAME, telemetry::error_chain(&*e));
+        ExitCode::FAILURE
+    })
+}
+
+/// The command the process's arguments name, or the exit code when there is nothing to run:
+/// `--version` and `--help` are answered here, unknown arguments refused (exit 2).
+fn command<B: Binary>() -> Result<B, ExitCode> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args.as_slice() {
+        ["--version" | "-V" | "version"] => {
+            println!("{} {}", B::NAME, env!("CARGO_PKG_VERSION"));
+            Err(ExitCode::SUCCESS)
+        }
+        ["--help" | "-h" | "help"] => {
+            println!("{}", B::USAGE);
+            Err(ExitCode::SUCCESS)
+        }
+        args => B::parse(args).ok_or_else(|| {
+            eprintln!("{}: unknown arguments\n{}", B::NAME, B::USAGE);
+            ExitCode::from(EXIT_USAGE)
+        }),
     }
 }
 

@@ -13,15 +13,11 @@
 use std::process::ExitCode;
 
 use ai_agents::{
-    boot::{self, Arguments, Boot},
+    boot::{self, Binary, BoxError, Start},
     commands::api,
-    config::Requirements,
+    config::{Config, Requirements},
     secrets_admin::Mode,
 };
-
-const NAME: &str = "ai-agents-api";
-
-const USAGE: &str = "usage: ai-agents-api [migrate [revert] | healthcheck | secrets verify | secrets rotate | --version]";
 
 /// What the command line asks for.
 enum Command {
@@ -32,44 +28,49 @@ enum Command {
     Secrets(Mode),
 }
 
-fn parse(args: &[&str]) -> Option<Command> {
-    Some(match args {
-        [] => Command::Serve,
-        ["migrate"] => Command::Migrate,
-        ["migrate", "revert"] => Command::Revert,
-        ["healthcheck"] => Command::Healthcheck,
-        ["secrets", "verify"] => Command::Secrets(Mode::Verify),
-        ["secrets", "rotate"] => Command::Secrets(Mode::Rotate),
-        _ => return None,
-    })
+impl Binary for Command {
+    const NAME: &'static str = "ai-agents-api";
+    const USAGE: &'static str = "usage: ai-agents-api [migrate [revert] | healthcheck | \
+                                 secrets verify | secrets rotate | --version]";
+
+    fn parse(args: &[&str]) -> Option<Self> {
+        Some(match args {
+            [] => Self::Serve,
+            ["migrate"] => Self::Migrate,
+            ["migrate", "revert"] => Self::Revert,
+            ["healthcheck"] => Self::Healthcheck,
+            ["secrets", "verify"] => Self::Secrets(Mode::Verify),
+            ["secrets", "rotate"] => Self::Secrets(Mode::Rotate),
+            _ => return None,
+        })
+    }
+
+    fn start(&self) -> Start {
+        let (requirements, logs) = match self {
+            Self::Serve => (Requirements::Api, true),
+            Self::Migrate | Self::Revert => (Requirements::Migrate, true),
+            // A probe's answer is its exit code; nothing to log.
+            Self::Healthcheck => (Requirements::Healthcheck, false),
+            Self::Secrets(_) => (Requirements::Secrets, true),
+        };
+        Start {
+            requirements,
+            logs: logs.then_some("api"),
+            serves: matches!(self, Self::Serve),
+        }
+    }
+
+    async fn run(self, config: Config) -> Result<(), BoxError> {
+        match self {
+            Self::Serve => api::serve(config).await,
+            Self::Migrate => api::migrate(config, false).await,
+            Self::Revert => api::migrate(config, true).await,
+            Self::Healthcheck => api::healthcheck(config).await,
+            Self::Secrets(mode) => api::secrets(config, mode).await,
+        }
+    }
 }
 
 fn main() -> ExitCode {
-    let command = match boot::arguments(NAME, USAGE, parse) {
-        Arguments::Run(command) => command,
-        Arguments::Exit(code) => return code,
-    };
-    let boot = |requirements| Boot {
-        name: NAME,
-        requirements,
-        logs: Some("api"),
-        serves: false,
-    };
-    match command {
-        Command::Serve => Boot {
-            serves: true,
-            ..boot(Requirements::Api)
-        }
-        .run(api::serve),
-        Command::Migrate => boot(Requirements::Migrate).run(|config| api::migrate(config, false)),
-        Command::Revert => boot(Requirements::Migrate).run(|config| api::migrate(config, true)),
-        Command::Healthcheck => Boot {
-            logs: None,
-            ..boot(Requirements::Healthcheck)
-        }
-        .run(api::healthcheck),
-        Command::Secrets(mode) => {
-            boot(Requirements::Secrets).run(move |config| api::secrets(config, mode))
-        }
-    }
+    boot::main::<Command>()
 }

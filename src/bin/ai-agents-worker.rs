@@ -13,16 +13,11 @@
 use std::{process::ExitCode, time::Duration};
 
 use ai_agents::{
-    boot::{self, Arguments, Boot},
+    boot::{self, Binary, BoxError, Start},
     commands::worker,
-    config::Requirements,
+    config::{Config, Requirements},
     worker::dead_letters,
 };
-
-const NAME: &str = "ai-agents-worker";
-
-const USAGE: &str = "usage: ai-agents-worker [ping | dead list [--limit N] | dead retry ID|--all \
-                     | dead purge [--older-than D] | --version]";
 
 /// What the command line asks for.
 enum Command {
@@ -33,49 +28,53 @@ enum Command {
     DeadPurge(Option<Duration>),
 }
 
-fn parse(args: &[&str]) -> Option<Command> {
-    Some(match args {
-        [] => Command::Run,
-        ["ping"] => Command::Ping,
-        ["dead", "list"] => Command::DeadList(20),
-        ["dead", "list", "--limit", n] => Command::DeadList(n.parse().ok().filter(|n| *n > 0)?),
-        ["dead", "retry", "--all"] => Command::DeadRetry(None),
-        ["dead", "retry", id] if !id.starts_with('-') => Command::DeadRetry(Some((*id).to_owned())),
-        ["dead", "purge"] => Command::DeadPurge(None),
-        ["dead", "purge", "--older-than", age] => {
-            Command::DeadPurge(Some(dead_letters::parse_age(age)?))
+impl Binary for Command {
+    const NAME: &'static str = "ai-agents-worker";
+    const USAGE: &'static str = "usage: ai-agents-worker [ping | dead list [--limit N] | \
+                                 dead retry ID|--all | dead purge [--older-than D] | --version]";
+
+    fn parse(args: &[&str]) -> Option<Self> {
+        Some(match args {
+            [] => Self::Run,
+            ["ping"] => Self::Ping,
+            ["dead", "list"] => Self::DeadList(20),
+            ["dead", "list", "--limit", n] => Self::DeadList(n.parse().ok().filter(|n| *n > 0)?),
+            ["dead", "retry", "--all"] => Self::DeadRetry(None),
+            ["dead", "retry", id] if !id.starts_with('-') => {
+                Self::DeadRetry(Some((*id).to_owned()))
+            }
+            ["dead", "purge"] => Self::DeadPurge(None),
+            ["dead", "purge", "--older-than", age] => {
+                Self::DeadPurge(Some(dead_letters::parse_age(age)?))
+            }
+            _ => return None,
+        })
+    }
+
+    fn start(&self) -> Start {
+        // Only the worker itself logs; the other commands print for the operator.
+        let run = matches!(self, Self::Run);
+        Start {
+            requirements: match self {
+                Self::Run | Self::DeadRetry(_) => Requirements::Worker,
+                Self::Ping | Self::DeadList(_) | Self::DeadPurge(_) => Requirements::Ping,
+            },
+            logs: run.then_some("worker"),
+            serves: false,
         }
-        _ => return None,
-    })
+    }
+
+    async fn run(self, config: Config) -> Result<(), BoxError> {
+        match self {
+            Self::Run => worker::run(config).await,
+            Self::Ping => worker::ping(config).await,
+            Self::DeadList(limit) => worker::dead_list(config, limit).await,
+            Self::DeadRetry(id) => worker::dead_retry(config, id).await,
+            Self::DeadPurge(age) => worker::dead_purge(config, age).await,
+        }
+    }
 }
 
 fn main() -> ExitCode {
-    let command = match boot::arguments(NAME, USAGE, parse) {
-        Arguments::Run(command) => command,
-        Arguments::Exit(code) => return code,
-    };
-    // Only the worker itself logs; the other commands print for the operator.
-    let boot = |requirements| Boot {
-        name: NAME,
-        requirements,
-        logs: None,
-        serves: false,
-    };
-    match command {
-        Command::Run => Boot {
-            logs: Some("worker"),
-            ..boot(Requirements::Worker)
-        }
-        .run(worker::run),
-        Command::Ping => boot(Requirements::Ping).run(worker::ping),
-        Command::DeadList(limit) => {
-            boot(Requirements::Ping).run(move |config| worker::dead_list(config, limit))
-        }
-        Command::DeadRetry(id) => {
-            boot(Requirements::Worker).run(move |config| worker::dead_retry(config, id))
-        }
-        Command::DeadPurge(age) => {
-            boot(Requirements::Ping).run(move |config| worker::dead_purge(config, age))
-        }
-    }
+    boot::main::<Command>()
 }
