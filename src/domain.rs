@@ -91,53 +91,63 @@ impl PartialEq<str> for TenantId {
 
 /// Pattern of one line of text ([`TicketId`], [`TenantName`]), as the OpenAPI document shows
 /// it: not blank, no control characters (`char::is_control`, the Unicode class Cc).
-/// `one_line` applies it.
 pub const LINE_PATTERN: &str =
     r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$";
 
-/// Checks that `raw` is one line of 1 to `max_chars` characters ([`LINE_PATTERN`]); the
-/// rule of [`TicketId`] and [`TenantName`].
-fn one_line(
-    field: &'static str,
-    length_reason: &'static str,
-    max_chars: usize,
-    raw: &str,
-) -> Result<String, InvalidValue> {
-    let count = raw.chars().count();
-    if count == 0 || count > max_chars || raw.trim().is_empty() {
-        return Err(InvalidValue {
-            field,
-            reason: length_reason,
-        });
-    }
-    if raw.chars().any(char::is_control) {
-        return Err(InvalidValue {
-            field,
-            reason: "must not contain control characters",
-        });
-    }
-    Ok(raw.to_owned())
+/// Defines a type holding one line of 1 to `$max` characters ([`LINE_PATTERN`]), refused as
+/// `$field` otherwise.
+macro_rules! one_line_type {
+    ($(#[$doc:meta])* $name:ident, $field:literal, $max:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub struct $name(String);
+
+        impl $name {
+            /// Longest value, in characters.
+            pub const MAX_CHARS: usize = $max;
+
+            /// Parses one line of text: 1 to `MAX_CHARS` characters, not blank, no control
+            /// characters.
+            pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+                let invalid = |reason| InvalidValue {
+                    field: $field,
+                    reason,
+                };
+                let count = raw.chars().count();
+                if count == 0 || count > $max || raw.trim().is_empty() {
+                    return Err(invalid(concat!(
+                        "must be 1 to ",
+                        stringify!($max),
+                        " characters, not blank"
+                    )));
+                }
+                if raw.chars().any(char::is_control) {
+                    return Err(invalid("must not contain control characters"));
+                }
+                Ok(Self(raw.to_owned()))
+            }
+
+            /// The text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+    };
 }
 
-/// A ticket id in the tenant's service desk: 1–100 characters, not blank.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TicketId(String);
+one_line_type!(
+    /// A ticket id in the tenant's service desk: 1–100 characters, not blank.
+    TicketId,
+    "ticket_id",
+    100
+);
 
-impl TicketId {
-    /// Longest ticket id, in characters.
-    pub const MAX_CHARS: usize = 100;
-
-    /// Parses a ticket id.
-    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
-        let reason = "must be 1 to 100 characters, not blank";
-        one_line("ticket_id", reason, Self::MAX_CHARS, raw).map(Self)
-    }
-
-    /// The id as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
+one_line_type!(
+    /// A display name: 1–255 characters, not blank.
+    TenantName,
+    "name",
+    255
+);
 
 /// Pattern of [`ServiceDeskUrl`], as the OpenAPI document shows it: a DNS name or IPv4
 /// address, or an IPv6 address in brackets, then an optional port and path.
@@ -334,26 +344,6 @@ fn internal_v6(ip: Ipv6Addr) -> bool {
         || (segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] && internal_v4(embedded_v4()))
 }
 
-/// A display name: 1–255 characters, not blank.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TenantName(String);
-
-impl TenantName {
-    /// Longest name, in characters.
-    pub const MAX_CHARS: usize = 255;
-
-    /// Parses a tenant name.
-    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
-        let reason = "must be 1 to 255 characters, not blank";
-        one_line("name", reason, Self::MAX_CHARS, raw).map(Self)
-    }
-
-    /// The name as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
 /// Checks a client-supplied JSON object for NUL characters, which PostgreSQL's `jsonb` cannot
 /// store (it would fail the insert with a data exception).
 pub fn storable_json(field: &'static str, value: &serde_json::Value) -> Result<(), InvalidValue> {
@@ -439,21 +429,16 @@ impl EnhancementStatus {
 mod tests {
     use super::*;
 
+    /// Tenant ids that are valid, and some that are not (also samples of the pattern test).
+    const GOOD_TENANT_IDS: [&str; 4] = ["a", "acme", "acme-corp_2", "0abc"];
+    const BAD_TENANT_IDS: [&str; 7] = ["", "-acme", "_x", "Acme", "acme corp", "acmé", "a/b"];
+
     #[test]
     fn tenant_ids() {
-        for ok in ["a", "acme", "acme-corp_2", "0abc", &"a".repeat(100)] {
+        for ok in GOOD_TENANT_IDS.into_iter().chain([&*"a".repeat(100)]) {
             assert!(TenantId::parse(ok).is_ok(), "{ok}");
         }
-        for bad in [
-            "",
-            "-acme",
-            "_x",
-            "Acme",
-            "acme corp",
-            "acmé",
-            "a/b",
-            &"a".repeat(101),
-        ] {
+        for bad in BAD_TENANT_IDS.into_iter().chain([&*"a".repeat(101)]) {
             assert!(TenantId::parse(bad).is_err(), "{bad}");
         }
     }
@@ -469,16 +454,14 @@ mod tests {
 
     #[test]
     fn urls() {
+        let public = |url| ServiceDeskUrl::parse(url, HostPolicy::PublicOnly).is_ok();
         for ok in [
             "https://desk.example.com",
             "http://desk.example.com:8080/api",
             "https://8.8.8.8/x",
             "https://[2001:db8::1]:8443/",
         ] {
-            assert!(
-                ServiceDeskUrl::parse(ok, HostPolicy::PublicOnly).is_ok(),
-                "{ok}"
-            );
+            assert!(public(ok), "{ok}");
         }
         let long = format!("https://e.com/{}", "a".repeat(500));
         for bad in [
@@ -494,10 +477,8 @@ mod tests {
             "http://1.2.3.4.5/",
             "http://256.1.1.1/",
         ] {
-            assert!(
-                ServiceDeskUrl::parse(bad, HostPolicy::AllowInternal).is_err(),
-                "{bad}"
-            );
+            let refused = ServiceDeskUrl::parse(bad, HostPolicy::AllowInternal);
+            assert!(refused.is_err(), "{bad}");
         }
     }
 
@@ -573,18 +554,7 @@ mod tests {
         let url = regex::Regex::new(SERVICEDESK_URL_PATTERN).expect("pattern");
         let long = "x".repeat(101);
         let wide = "é".repeat(100);
-        let samples = [
-            "a",
-            "acme",
-            "0abc",
-            "acme-corp_2",
-            "-acme",
-            "_x",
-            "Acme",
-            "acme corp",
-            "acmé",
-            "a/b",
-            "",
+        let lines = [
             " ",
             "   ",
             "a\nb",
@@ -594,8 +564,8 @@ mod tests {
             "x\ty",
             "INC 1",
             "Ticket #7",
-            &long,
-            &wide,
+        ];
+        let urls = [
             "https://desk.example.com",
             "http://[2001:db8::1]:8080/x",
             "ftp://x.com",
@@ -604,6 +574,10 @@ mod tests {
             "https://e.com/p?q=1",
             "http://user@e.com/",
         ];
+        let samples = (GOOD_TENANT_IDS.into_iter().chain(BAD_TENANT_IDS))
+            .chain(lines)
+            .chain(urls)
+            .chain([long.as_str(), wide.as_str()]);
         let within = |s: &str, max: usize| s.chars().count() <= max;
         for s in samples {
             let tenant_ok = tenant.is_match(s) && within(s, TenantId::MAX_CHARS);

@@ -1,14 +1,13 @@
 //! `/api/v1/tenants`: tenant configurations.
 //!
 //! Secrets arrive in plaintext, are encrypted before they reach the database and are never
-//! returned: [`Tenant`] has no field for them.
+//! returned: [`Tenant`] (the repository's row, which never holds them) has no field for them.
 
 use std::collections::BTreeMap;
 
 use poem_openapi::{ApiResponse, Object, OpenApi, Tags, param::Path, param::Query, payload::Json};
 use secrecy::SecretString;
 use serde_json::Value;
-use uuid::Uuid;
 
 use super::{
     AppState,
@@ -22,7 +21,7 @@ use crate::{
     db::{
         ResultExt,
         scope::CrossTenantTx,
-        tenants::{self, NewTenant, TenantChanges, TenantRow, UNIQUE_TENANT_ID},
+        tenants::{self, NewTenant, TenantChanges, TenantRow as Tenant, UNIQUE_TENANT_ID},
     },
     domain::{ServiceDeskUrl, TenantId, TenantName, storable_json},
 };
@@ -70,42 +69,6 @@ pub struct TenantUpdate {
     pub webhook_signing_secret: Option<Text>,
     /// New preferences (replace the old ones).
     pub enhancement_preferences: Option<BTreeMap<String, Value>>,
-}
-
-/// A tenant as the API shows it: no secrets.
-#[derive(Object)]
-pub struct Tenant {
-    /// Internal id.
-    pub id: Uuid,
-    /// Public id.
-    pub tenant_id: String,
-    /// Display name.
-    pub name: String,
-    /// Service desk base URL.
-    pub servicedesk_url: String,
-    /// Preferences.
-    pub enhancement_preferences: Value,
-    /// Whether the tenant is active.
-    pub is_active: bool,
-    /// Creation time.
-    pub created_at: chrono::DateTime<chrono::Utc>,
-    /// Last change.
-    pub updated_at: chrono::DateTime<chrono::Utc>,
-}
-
-impl From<TenantRow> for Tenant {
-    fn from(row: TenantRow) -> Self {
-        Self {
-            id: row.id,
-            tenant_id: row.tenant_id,
-            name: row.name,
-            servicedesk_url: row.servicedesk_url,
-            enhancement_preferences: row.enhancement_preferences,
-            is_active: row.is_active,
-            created_at: row.created_at,
-            updated_at: row.updated_at,
-        }
-    }
 }
 
 /// One page of tenants.
@@ -196,7 +159,7 @@ impl TenantsApi {
             })?;
         tx.commit().await?;
         tracing::info!(tenant_id = %tenant, "tenant created");
-        Ok(Created::Created(Json(row.into())))
+        Ok(Created::Created(Json(row)))
     }
 
     /// List tenants, ordered by `tenant_id`, with keyset paging.
@@ -225,7 +188,7 @@ impl TenantsApi {
             None
         };
         Ok(Json(TenantPage {
-            items: rows.into_iter().map(Into::into).collect(),
+            items: rows,
             next_cursor,
         }))
     }
@@ -247,7 +210,7 @@ impl TenantsApi {
             .await?
             .ok_or_else(|| ApiError::tenant_not_found(&tenant_id.0))?;
         tx.commit().await?;
-        Ok(Json(row.into()))
+        Ok(Json(row))
     }
 
     /// Change a tenant; secrets can be rotated.
@@ -295,7 +258,7 @@ impl TenantsApi {
             .ok_or_else(|| ApiError::tenant_not_found(&tenant_id.0))?;
         tx.commit().await?;
         tracing::info!(tenant_id = %tenant, "tenant updated");
-        Ok(Json(row.into()))
+        Ok(Json(row))
     }
 
     /// Delete a tenant and its enhancement history.

@@ -70,6 +70,22 @@ impl StoredRow {
     }
 }
 
+/// `query_as!` of a `SELECT` of whole rows: the column list, then `$rest` (`FROM …`), so the
+/// columns of a row are written once. sqlx joins the literals before it looks up the statement's
+/// offline data, so the joined text must stay exactly that of `.sqlx/`.
+macro_rules! select_rows {
+    ($rest:literal $(, $arg:expr)* $(,)?) => {
+        sqlx::query_as!(
+            StoredRow,
+            "SELECT id, tenant_id, ticket_id, status, context, context_gathered, llm_output,\n"
+                + "                  error_message, processing_time_ms, created_at, completed_at\n"
+                + "           "
+                + $rest
+            $(, $arg)*
+        )
+    };
+}
+
 /// Parses a `status` value read from the database.
 fn decode_status(raw: &str) -> Result<EnhancementStatus, sqlx::Error> {
     EnhancementStatus::parse(raw).map_err(|e| sqlx::Error::ColumnDecode {
@@ -140,17 +156,11 @@ async fn select_one(
     conn: &mut PgConnection,
     id: Uuid,
 ) -> Result<Option<EnhancementRow>, sqlx::Error> {
-    sqlx::query_as!(
-        StoredRow,
-        r#"SELECT id, tenant_id, ticket_id, status, context, context_gathered, llm_output,
-                  error_message, processing_time_ms, created_at, completed_at
-           FROM enhancement_history WHERE id = $1"#,
-        id,
-    )
-    .fetch_optional(conn)
-    .await?
-    .map(StoredRow::typed)
-    .transpose()
+    select_rows!("FROM enhancement_history WHERE id = $1", id)
+        .fetch_optional(conn)
+        .await?
+        .map(StoredRow::typed)
+        .transpose()
 }
 
 /// A page of the transaction's tenant's enhancements, newest first.
@@ -181,11 +191,8 @@ async fn select_page(
     after: Option<PageAfter>,
     limit: i64,
 ) -> Result<Vec<EnhancementRow>, sqlx::Error> {
-    sqlx::query_as!(
-        StoredRow,
-        r#"SELECT id, tenant_id, ticket_id, status, context, context_gathered, llm_output,
-                  error_message, processing_time_ms, created_at, completed_at
-           FROM enhancement_history
+    select_rows!(
+        r#"FROM enhancement_history
            WHERE ($1::text IS NULL OR tenant_id = $1)
              AND ($2::text IS NULL OR status = $2)
              AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4::uuid))
