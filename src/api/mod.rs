@@ -85,12 +85,7 @@ impl Application {
     /// Creates pools, applies migrations if configured, binds the listener.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
         if config.run_migrations {
-            // Its own pool with the full acquire timeout: at start the database may still be
-            // coming up, and waiting for it is right there.
-            let pool = db::connect_for_migrations(&config.database)?;
-            db::migrate(&pool).await?;
-            pool.close().await;
-            tracing::info!("migrations applied");
+            migrate_at_start(&config.database).await?;
         }
         // Requests wait for a connection at most REQUEST_DB_WAIT: during an outage a client
         // gets its 503 in seconds, not after the full acquire timeout.
@@ -111,28 +106,7 @@ impl Application {
         }
 
         let keyring = Keyring::load(config.encryption_key.as_ref(), &config.encryption_old_keys)?;
-        let admin_token = match &config.admin_token {
-            Some(token) => {
-                if token.expose_secret().len() < 16 {
-                    tracing::warn!(
-                        "AI_AGENTS_ADMIN_TOKEN is shorter than 16 characters; use a long random token"
-                    );
-                }
-                token.clone()
-            }
-            None => {
-                let token = format!(
-                    "dev-{}{}",
-                    uuid::Uuid::new_v4().simple(),
-                    uuid::Uuid::new_v4().simple()
-                );
-                // Printed once on the terminal, deliberately not through the log pipeline.
-                eprintln!(
-                    "AI_AGENTS_ADMIN_TOKEN is not set; this development server accepts: Bearer {token}"
-                );
-                SecretString::from(token)
-            }
-        };
+        let admin_token = admin_token(config.admin_token.as_ref());
 
         let listener = bind("AI_AGENTS_BIND_ADDR", config.bind_addr).await?;
         let addr = listener.local_addr().unwrap_or(config.bind_addr);
@@ -227,6 +201,37 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Applies pending migrations on a pool of their own with the full acquire timeout: at start the
+/// database may still be coming up, and waiting for it is right there.
+async fn migrate_at_start(database: &DatabaseConfig) -> Result<(), StartupError> {
+    let pool = db::connect_for_migrations(database)?;
+    db::migrate(&pool).await?;
+    pool.close().await;
+    tracing::info!("migrations applied");
+    Ok(())
+}
+
+/// The configured admin token (with a warning when it is short), or in development (where none
+/// is required) a random one, printed once on the terminal.
+fn admin_token(configured: Option<&SecretString>) -> SecretString {
+    if let Some(token) = configured {
+        if token.expose_secret().len() < 16 {
+            tracing::warn!(
+                "AI_AGENTS_ADMIN_TOKEN is shorter than 16 characters; use a long random token"
+            );
+        }
+        return token.clone();
+    }
+    let token = format!(
+        "dev-{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    // Deliberately not through the log pipeline.
+    eprintln!("AI_AGENTS_ADMIN_TOKEN is not set; this development server accepts: Bearer {token}");
+    SecretString::from(token)
 }
 
 /// Binds a listener for the address named by `variable`.
