@@ -2,6 +2,8 @@
 //!
 //! The HTTP edge parses raw strings into these types once; everything behind it (repositories,
 //! the queue, the worker) takes the types and so can never see an invalid tenant id or URL.
+//! Each type owns its rule: `parse` applies it, and the constants next to it (pattern, length)
+//! are what the OpenAPI document shows for it (`api::text` turns the types into request types).
 
 use std::{
     fmt,
@@ -25,10 +27,13 @@ pub struct InvalidValue {
 #[serde(try_from = "String", into = "String")]
 pub struct TenantId(String);
 
-/// Pattern of [`TenantId`], shared with the OpenAPI document.
+/// Pattern of [`TenantId`], as the OpenAPI document shows it; [`TenantId::parse`] applies it.
 pub const TENANT_ID_PATTERN: &str = "^[a-z0-9][a-z0-9_-]*$";
 
 impl TenantId {
+    /// Longest tenant id, in characters.
+    pub const MAX_CHARS: usize = 100;
+
     /// Parses a tenant id.
     pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
         let invalid = |reason| InvalidValue {
@@ -39,13 +44,15 @@ impl TenantId {
         let first_ok = chars
             .next()
             .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-        if raw.is_empty() || raw.len() > 100 {
+        if raw.is_empty() || raw.len() > Self::MAX_CHARS {
             return Err(invalid("must be 1 to 100 characters"));
         }
         let rest_ok =
             chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
         if !first_ok || !rest_ok {
-            return Err(invalid("must match ^[a-z0-9][a-z0-9_-]*$"));
+            return Err(invalid(
+                "must be lowercase letters, digits, `_` and `-`, starting with a letter or digit",
+            ));
         }
         Ok(Self(raw.to_owned()))
     }
@@ -75,37 +82,76 @@ impl fmt::Display for TenantId {
     }
 }
 
-/// A ticket id in the tenant's service desk: 1–100 characters, not blank.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TicketId(String);
-
-impl TicketId {
-    /// Parses a ticket id.
-    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
-        let count = raw.chars().count();
-        if count == 0 || count > 100 || raw.trim().is_empty() {
-            return Err(InvalidValue {
-                field: "ticket_id",
-                reason: "must be 1 to 100 characters",
-            });
-        }
-        if raw.chars().any(char::is_control) {
-            return Err(InvalidValue {
-                field: "ticket_id",
-                reason: "must not contain control characters",
-            });
-        }
-        Ok(Self(raw.to_owned()))
-    }
-
-    /// The id as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
+/// Lets code (and tests) compare a tenant id with text without building one.
+impl PartialEq<str> for TenantId {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
     }
 }
 
-/// Pattern of [`ServiceDeskUrl`], shared with the OpenAPI document: a DNS name or IPv4
+/// Pattern of one line of text ([`TicketId`], [`TenantName`]), as the OpenAPI document shows
+/// it: not blank, no control characters (`char::is_control`, the Unicode class Cc).
+pub const LINE_PATTERN: &str =
+    r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$";
+
+/// Defines a type holding one line of 1 to `$max` characters ([`LINE_PATTERN`]), refused as
+/// `$field` otherwise.
+macro_rules! one_line_type {
+    ($(#[$doc:meta])* $name:ident, $field:literal, $max:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub struct $name(String);
+
+        impl $name {
+            /// Longest value, in characters.
+            pub const MAX_CHARS: usize = $max;
+
+            /// Parses one line of text: 1 to `MAX_CHARS` characters, not blank, no control
+            /// characters.
+            pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+                let invalid = |reason| InvalidValue {
+                    field: $field,
+                    reason,
+                };
+                let count = raw.chars().count();
+                if count == 0 || count > $max || raw.trim().is_empty() {
+                    return Err(invalid(concat!(
+                        "must be 1 to ",
+                        stringify!($max),
+                        " characters, not blank"
+                    )));
+                }
+                if raw.chars().any(char::is_control) {
+                    return Err(invalid("must not contain control characters"));
+                }
+                Ok(Self(raw.to_owned()))
+            }
+
+            /// The text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+one_line_type!(
+    /// A ticket id in the tenant's service desk: 1–100 characters, not blank.
+    TicketId,
+    "ticket_id",
+    100
+);
+
+one_line_type!(
+    /// A display name: 1–255 characters, not blank.
+    TenantName,
+    "name",
+    255
+);
+
+/// Pattern of [`ServiceDeskUrl`], as the OpenAPI document shows it: a DNS name or IPv4
 /// address, or an IPv6 address in brackets, then an optional port and path.
+/// [`ServiceDeskUrl::parse`] applies it (and more: the host policy, valid IP literals).
 pub const SERVICEDESK_URL_PATTERN: &str =
     r"^https?://([A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?(/\S*)?$";
 
@@ -125,6 +171,9 @@ pub enum HostPolicy {
 pub struct ServiceDeskUrl(String);
 
 impl ServiceDeskUrl {
+    /// Longest URL, in bytes (the pattern allows non-ASCII only in the path).
+    pub const MAX_LEN: usize = 500;
+
     /// Parses a service desk URL: `http(s)://HOST[:PORT][/PATH]` ([`SERVICEDESK_URL_PATTERN`]),
     /// refusing internal hosts under [`HostPolicy::PublicOnly`] (see `internal_host`).
     pub fn parse(raw: &str, policy: HostPolicy) -> Result<Self, InvalidValue> {
@@ -132,7 +181,7 @@ impl ServiceDeskUrl {
             field: "servicedesk_url",
             reason,
         };
-        if raw.len() > 500 {
+        if raw.len() > Self::MAX_LEN {
             return Err(invalid("must be at most 500 characters"));
         }
         let not_url = || invalid("must be an absolute http(s) URL");
@@ -295,35 +344,6 @@ fn internal_v6(ip: Ipv6Addr) -> bool {
         || (segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] && internal_v4(embedded_v4()))
 }
 
-/// A display name: 1–255 characters, not blank.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TenantName(String);
-
-impl TenantName {
-    /// Parses a tenant name.
-    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
-        let count = raw.chars().count();
-        if count == 0 || count > 255 || raw.trim().is_empty() {
-            return Err(InvalidValue {
-                field: "name",
-                reason: "must be 1 to 255 characters",
-            });
-        }
-        if raw.chars().any(char::is_control) {
-            return Err(InvalidValue {
-                field: "name",
-                reason: "must not contain control characters",
-            });
-        }
-        Ok(Self(raw.to_owned()))
-    }
-
-    /// The name as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
 /// Checks a client-supplied JSON object for NUL characters, which PostgreSQL's `jsonb` cannot
 /// store (it would fail the insert with a data exception).
 pub fn storable_json(field: &'static str, value: &serde_json::Value) -> Result<(), InvalidValue> {
@@ -357,9 +377,10 @@ pub fn storable_json(field: &'static str, value: &serde_json::Value) -> Result<(
     }
 }
 
-/// Lifecycle of an enhancement: `pending` → `processing` → `completed` | `failed`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Lifecycle of an enhancement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, poem_openapi::Enum)]
 #[serde(rename_all = "snake_case")]
+#[oai(rename = "Status", rename_all = "snake_case")]
 pub enum EnhancementStatus {
     /// Stored and queued, not yet taken by a worker.
     Pending,
@@ -382,14 +403,19 @@ impl EnhancementStatus {
         }
     }
 
-    /// Parses the database spelling.
-    pub fn parse(raw: &str) -> Option<Self> {
+    /// Parses the database spelling. This is the one status type from the database to the API
+    /// (rows, list filters, the `Status` schema), so a value it does not know is an error for
+    /// the caller to report, never silently taken for another status.
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
         match raw {
-            "pending" => Some(Self::Pending),
-            "processing" => Some(Self::Processing),
-            "completed" => Some(Self::Completed),
-            "failed" => Some(Self::Failed),
-            _ => None,
+            "pending" => Ok(Self::Pending),
+            "processing" => Ok(Self::Processing),
+            "completed" => Ok(Self::Completed),
+            "failed" => Ok(Self::Failed),
+            _ => Err(InvalidValue {
+                field: "status",
+                reason: "must be pending, processing, completed or failed",
+            }),
         }
     }
 
@@ -403,21 +429,16 @@ impl EnhancementStatus {
 mod tests {
     use super::*;
 
+    /// Tenant ids that are valid, and some that are not (also samples of the pattern test).
+    const GOOD_TENANT_IDS: [&str; 4] = ["a", "acme", "acme-corp_2", "0abc"];
+    const BAD_TENANT_IDS: [&str; 7] = ["", "-acme", "_x", "Acme", "acme corp", "acmé", "a/b"];
+
     #[test]
     fn tenant_ids() {
-        for ok in ["a", "acme", "acme-corp_2", "0abc", &"a".repeat(100)] {
+        for ok in GOOD_TENANT_IDS.into_iter().chain([&*"a".repeat(100)]) {
             assert!(TenantId::parse(ok).is_ok(), "{ok}");
         }
-        for bad in [
-            "",
-            "-acme",
-            "_x",
-            "Acme",
-            "acme corp",
-            "acmé",
-            "a/b",
-            &"a".repeat(101),
-        ] {
+        for bad in BAD_TENANT_IDS.into_iter().chain([&*"a".repeat(101)]) {
             assert!(TenantId::parse(bad).is_err(), "{bad}");
         }
     }
@@ -433,16 +454,14 @@ mod tests {
 
     #[test]
     fn urls() {
+        let public = |url| ServiceDeskUrl::parse(url, HostPolicy::PublicOnly).is_ok();
         for ok in [
             "https://desk.example.com",
             "http://desk.example.com:8080/api",
             "https://8.8.8.8/x",
             "https://[2001:db8::1]:8443/",
         ] {
-            assert!(
-                ServiceDeskUrl::parse(ok, HostPolicy::PublicOnly).is_ok(),
-                "{ok}"
-            );
+            assert!(public(ok), "{ok}");
         }
         let long = format!("https://e.com/{}", "a".repeat(500));
         for bad in [
@@ -458,10 +477,8 @@ mod tests {
             "http://1.2.3.4.5/",
             "http://256.1.1.1/",
         ] {
-            assert!(
-                ServiceDeskUrl::parse(bad, HostPolicy::AllowInternal).is_err(),
-                "{bad}"
-            );
+            let refused = ServiceDeskUrl::parse(bad, HostPolicy::AllowInternal);
+            assert!(refused.is_err(), "{bad}");
         }
     }
 
@@ -529,6 +546,53 @@ mod tests {
         assert!(TenantName::parse("a\u{0}b").is_err());
     }
 
+    /// The patterns the OpenAPI document shows are the rules `parse` applies.
+    #[test]
+    fn parsers_apply_the_documented_patterns() {
+        let tenant = regex::Regex::new(TENANT_ID_PATTERN).expect("pattern");
+        let line = regex::Regex::new(LINE_PATTERN).expect("pattern");
+        let url = regex::Regex::new(SERVICEDESK_URL_PATTERN).expect("pattern");
+        let long = "x".repeat(101);
+        let wide = "é".repeat(100);
+        let lines = [
+            " ",
+            "   ",
+            "a\nb",
+            "a\u{85}b",
+            "a\u{7f}",
+            "\u{a0}",
+            "x\ty",
+            "INC 1",
+            "Ticket #7",
+        ];
+        let urls = [
+            "https://desk.example.com",
+            "http://[2001:db8::1]:8080/x",
+            "ftp://x.com",
+            "http://a b",
+            "http://%31/",
+            "https://e.com/p?q=1",
+            "http://user@e.com/",
+        ];
+        let samples = (GOOD_TENANT_IDS.into_iter().chain(BAD_TENANT_IDS))
+            .chain(lines)
+            .chain(urls)
+            .chain([long.as_str(), wide.as_str()]);
+        let within = |s: &str, max: usize| s.chars().count() <= max;
+        for s in samples {
+            let tenant_ok = tenant.is_match(s) && within(s, TenantId::MAX_CHARS);
+            assert_eq!(TenantId::parse(s).is_ok(), tenant_ok, "tenant id {s:?}");
+            let ticket_ok = line.is_match(s) && within(s, TicketId::MAX_CHARS);
+            assert_eq!(TicketId::parse(s).is_ok(), ticket_ok, "ticket id {s:?}");
+            let name_ok = line.is_match(s) && within(s, TenantName::MAX_CHARS);
+            assert_eq!(TenantName::parse(s).is_ok(), name_ok, "name {s:?}");
+            // The URL parser is stricter than its pattern (valid IP literals, the host policy).
+            if ServiceDeskUrl::parse(s, HostPolicy::AllowInternal).is_ok() {
+                assert!(url.is_match(s), "url {s:?}");
+            }
+        }
+    }
+
     #[test]
     fn statuses_round_trip() {
         for s in [
@@ -537,8 +601,9 @@ mod tests {
             EnhancementStatus::Completed,
             EnhancementStatus::Failed,
         ] {
-            assert_eq!(EnhancementStatus::parse(s.as_str()), Some(s));
+            assert_eq!(EnhancementStatus::parse(s.as_str()), Ok(s));
+            assert_eq!(s.is_final(), matches!(s.as_str(), "completed" | "failed"));
         }
-        assert!(EnhancementStatus::parse("done").is_none());
+        assert!(EnhancementStatus::parse("done").is_err());
     }
 }

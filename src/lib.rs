@@ -1,13 +1,17 @@
 //! ai-agents: the foundation of an AI ticket-enhancement platform.
 //!
-//! A request enters through [`api`] (HTTP, poem-openapi), is stored by [`db`] in PostgreSQL
-//! under row-level security and queued by [`queue`] in Redis; a job leaves the queue in
+//! A request enters through [`api`] (HTTP, poem-openapi), which hands it to its use case in
+//! [`service`]; that stores it with [`db`] in PostgreSQL under row-level security and queues
+//! it with [`queue`] in Redis. A job leaves the queue in
 //! [`worker`], which processes it with retries and acknowledges it only once its result is
 //! stored. Tenant secrets are sealed by [`crypto`] and checked or re-encrypted by
 //! [`secrets_admin`] (`ai-agents-api secrets verify|rotate`). [`config`] and [`telemetry`] serve
-//! both binaries, whose thin entry points live in `src/bin/`.
+//! both binaries, whose thin entry points in `src/bin/` read their arguments, [`boot`] and run
+//! one of the [`commands`].
 
 pub mod api;
+pub mod boot;
+pub mod commands;
 pub mod config;
 pub mod crypto;
 pub mod db;
@@ -17,6 +21,7 @@ pub mod metrics;
 pub mod os;
 pub mod queue;
 pub mod secrets_admin;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 pub mod worker;

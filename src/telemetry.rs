@@ -1,9 +1,24 @@
 //! Logging: one JSON object per line in production, readable lines in development.
 //!
-//! The JSON shape is ours, not `tracing-subscriber`'s, because every line must carry the same
-//! top-level keys — `timestamp`, `level`, `target`, `service`, `environment`, `message` — plus
-//! the fields of the event and of the spans it happened in (so a line logged inside a request
-//! carries that request's `request_id`). Log shippers then need no per-service parsing rules.
+//! Every JSON line carries the same top-level keys — `timestamp`, `level`, `target`, `service`,
+//! `environment`, `message` — plus the fields of the event and of the spans it happened in, so
+//! a line logged inside a request carries that request's `request_id`, `method`, `route`,
+//! `status` and `latency_ms` next to its own fields. Log shippers then need no per-service
+//! parsing rules.
+//!
+//! That shape is written by [`JsonLayer`], not by tracing-subscriber's JSON formatter
+//! (`fmt::layer().json()`, 0.3), which cannot produce it:
+//!
+//! * it has no fixed fields: `service` and `environment` cannot be put on every line (a root
+//!   span holding them would show them under `span`/`spans`, and only inside that span);
+//! * it never lifts span fields to the top level: with `with_current_span` and
+//!   `with_span_list` they come nested under `span` (the innermost span only) and `spans`, so
+//!   `request_id` would sit at a different path on every kind of line;
+//! * an event field named like a fixed key (`level`, `timestamp`, `target`) is written as a
+//!   second entry with the same key, which JSON parsers resolve differently; here it becomes
+//!   `field.level`;
+//! * an error field is written as its top-level message only (`Display`); here it is the
+//!   whole cause chain ([`error_chain`]), which is what says what went wrong.
 
 use std::{fmt, io::Write};
 

@@ -10,6 +10,7 @@ use std::{
 
 use ai_agents::{
     db::scope::TenantTx,
+    domain::TenantId,
     queue::{Job, JobKind},
 };
 use http_body_util::Full;
@@ -93,7 +94,7 @@ pub async fn post_ceiling(s: &Settings, db: &str, prefix: &str, services: &Servi
                     tx.commit().await?;
                     let job = Job::new(JobKind::Enhancement {
                         enhancement_id: id,
-                        tenant_id: TENANT.to_owned(),
+                        tenant_id: TenantId::parse(TENANT)?,
                     });
                     let _: String = redis::cmd("XADD")
                         .arg(&stream)

@@ -58,7 +58,7 @@ pub async fn seed_jobs(s: &Settings, pool: &PgPool, prefix: &str, n: usize) -> R
         for id in chunk {
             let job = Job::new(JobKind::Enhancement {
                 enhancement_id: *id,
-                tenant_id: TENANT.to_owned(),
+                tenant_id: TenantId::parse(TENANT)?,
             });
             pipe.cmd("XADD")
                 .arg(&stream)
@@ -227,7 +227,7 @@ pub async fn raw_drain(
                 else {
                     return Err::<_, BoxError>("unexpected job kind".into());
                 };
-                let mut tx = TenantTx::begin(&pool, &TenantId::parse(&tenant_id)?).await?;
+                let mut tx = TenantTx::begin(&pool, &tenant_id).await?;
                 sqlx::query(
                     "UPDATE enhancement_history
                      SET status = 'completed', processing_time_ms = 0,

@@ -1,78 +1,32 @@
-//! `/api/v1/enhancements`: enhancement requests, and `/api/v1/queue/stats`.
+//! `/api/v1/enhancements`: enhancement requests.
 //!
-//! Creating an enhancement stores its `pending` row and queues its job as one logical step:
-//! the row is committed first (so a worker that takes the job at once finds it), then the job
-//! is queued; if queueing fails the row is deleted again and the client gets a 503. There is
-//! never a job without a row, and a row without a job only if the process dies between the
-//! two writes (see docs/architecture.md).
+//! Creating one is the use case in [`crate::service::enhancements`] (store the `pending` row and
+//! queue its job as one logical step); this module maps its outcome to HTTP.
 
 use std::collections::BTreeMap;
 
 use poem_openapi::{
-    ApiResponse, Enum, Object, OpenApi, Tags,
+    ApiResponse, Object, OpenApi, Tags,
     param::{Path, Query},
     payload::Json,
 };
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::{
-    AppState,
-    auth::AdminAuth,
-    paging,
-    problem::ApiError,
-    problem::violated_constraint,
-    text::{Line, Slug},
-};
+use super::{AppState, auth::AdminAuth, paging, problem::ApiError};
 use crate::{
     db::{
         enhancements::{self, EnhancementRow},
-        scope::{CrossTenantTx, TenantTx},
+        scope::CrossTenantTx,
     },
-    domain::{TenantId, TicketId, storable_json},
-    queue::{Job, JobKind},
+    domain::{EnhancementStatus, TenantId, TicketId},
+    service::enhancements::{NewEnhancement, RequestError},
 };
 
 #[derive(Tags)]
 enum EnhancementTags {
     /// Enhancement requests.
     Enhancements,
-    /// The job queue.
-    Queue,
-}
-
-/// Lifecycle of an enhancement.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
-#[oai(rename_all = "snake_case")]
-pub enum Status {
-    /// Queued, not yet taken.
-    Pending,
-    /// A worker is on it.
-    Processing,
-    /// Finished.
-    Completed,
-    /// Given up; see `error_message`.
-    Failed,
-}
-
-impl Status {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Processing => "processing",
-            Self::Completed => "completed",
-            Self::Failed => "failed",
-        }
-    }
-
-    fn from_db(raw: &str) -> Self {
-        match raw {
-            "processing" => Self::Processing,
-            "completed" => Self::Completed,
-            "failed" => Self::Failed,
-            _ => Self::Pending,
-        }
-    }
 }
 
 /// A request to enhance one ticket.
@@ -80,11 +34,9 @@ impl Status {
 #[oai(deny_unknown_fields)]
 pub struct EnhancementCreate {
     /// The tenant the ticket belongs to.
-    #[oai(validator(min_length = 1, max_length = 100))]
-    pub tenant_id: Slug,
+    pub tenant_id: TenantId,
     /// The ticket in the tenant's service desk: not blank, no control characters.
-    #[oai(validator(min_length = 1, max_length = 100))]
-    pub ticket_id: Line,
+    pub ticket_id: TicketId,
     /// Extra context for the enhancement logic.
     pub context: Option<BTreeMap<String, Value>>,
 }
@@ -99,7 +51,7 @@ pub struct Enhancement {
     /// Ticket.
     pub ticket_id: String,
     /// Lifecycle state.
-    pub status: Status,
+    pub status: EnhancementStatus,
     /// The context sent with the request.
     pub context: Value,
     /// Context the job gathered.
@@ -122,7 +74,7 @@ impl From<EnhancementRow> for Enhancement {
             id: row.id,
             tenant_id: row.tenant_id,
             ticket_id: row.ticket_id,
-            status: Status::from_db(&row.status),
+            status: row.status,
             context: row.context,
             context_gathered: row.context_gathered,
             llm_output: row.llm_output,
@@ -143,19 +95,6 @@ pub struct EnhancementPage {
     pub next_cursor: Option<String>,
 }
 
-/// Queue counts.
-#[derive(Object)]
-pub struct QueueStatsBody {
-    /// Queued and not yet taken.
-    pub pending: u64,
-    /// Taken and not yet acknowledged.
-    pub in_flight: u64,
-    /// Waiting for a retry.
-    pub retrying: u64,
-    /// In the dead-letter queue.
-    pub dead: u64,
-}
-
 #[derive(ApiResponse)]
 enum Accepted {
     /// Stored and queued.
@@ -163,58 +102,25 @@ enum Accepted {
     Accepted(Json<Enhancement>),
 }
 
-/// Enhancement and queue endpoints.
+/// Enhancement endpoints.
 pub struct EnhancementsApi {
     /// Shared state.
     pub state: AppState,
 }
 
-/// The foreign key whose violation means "unknown tenant".
-const TENANT_FK: &str = "enhancement_history_tenant_id_fkey";
-
-fn tenant_not_found(tenant: &str) -> ApiError {
-    ApiError::not_found(format!("tenant `{tenant}` does not exist"))
-}
-
-/// Stores the `pending` row, then queues its job; if queueing fails, deletes the row again.
-async fn store_and_enqueue(
-    state: AppState,
-    tenant: TenantId,
-    ticket: TicketId,
-    context: Value,
-) -> Result<EnhancementRow, ApiError> {
-    let id = Uuid::now_v7();
-    let mut tx = state.tenant_tx(&tenant).await?;
-    let row = match enhancements::insert(&mut tx, id, &ticket, &context).await {
-        Ok(row) => row,
-        Err(e) if violated_constraint(&e) == Some(TENANT_FK) => {
-            return Err(tenant_not_found(tenant.as_str()));
+impl From<RequestError> for ApiError {
+    fn from(e: RequestError) -> Self {
+        match e {
+            RequestError::UnknownTenant(tenant) => Self::tenant_not_found(tenant),
+            RequestError::TenantBusy(busy) => busy.into(),
+            RequestError::Database(e) => e.into(),
+            RequestError::Queue(e) => e.into(),
+            RequestError::Interrupted(e) => {
+                tracing::error!(error = &e as &dyn std::error::Error, "request task failed");
+                Self::internal()
+            }
         }
-        Err(e) => return Err(e.into()),
-    };
-    tx.commit().await?;
-
-    let job = Job::new(JobKind::Enhancement {
-        enhancement_id: id,
-        tenant_id: tenant.as_str().to_owned(),
-    });
-    if let Err(e) = state.queue.enqueue(&job).await {
-        // No row without a job: take the row back before answering.
-        let undo = async {
-            let mut tx = TenantTx::begin(&state.pool, &tenant).await?;
-            enhancements::delete(&mut tx, id).await?;
-            tx.commit().await
-        };
-        if let Err(undo_error) = undo.await {
-            tracing::error!(
-                enhancement_id = %id,
-                error = &undo_error as &dyn std::error::Error,
-                "could not remove the enhancement whose job was not queued"
-            );
-        }
-        return Err(e.into());
     }
-    Ok(row)
 }
 
 #[OpenApi(prefix_path = "/api/v1")]
@@ -232,20 +138,9 @@ impl EnhancementsApi {
         body: Json<EnhancementCreate>,
     ) -> Result<Accepted, ApiError> {
         let body = body.0;
-        let tenant = TenantId::parse(body.tenant_id.as_ref())?;
-        let ticket = TicketId::parse(body.ticket_id.as_ref())?;
         let context = Value::Object(body.context.unwrap_or_default().into_iter().collect());
-        storable_json("context", &context)?;
-        // Its own task: once the row is committed, the job is queued (or the row taken back)
-        // even if the client hangs up or the request deadline fires in between.
-        let row = tokio::spawn(store_and_enqueue(
-            self.state.clone(),
-            tenant,
-            ticket,
-            context,
-        ))
-        .await
-        .map_err(|_| ApiError::internal())??;
+        let new = NewEnhancement::new(body.tenant_id, body.ticket_id, context)?;
+        let row = self.state.enhancements().request(new).await?;
         Ok(Accepted::Accepted(Json(row.into())))
     }
 
@@ -277,7 +172,7 @@ impl EnhancementsApi {
         /// Only this tenant's enhancements.
         tenant_id: Query<Option<String>>,
         /// Only enhancements in this state.
-        status: Query<Option<Status>>,
+        status: Query<Option<EnhancementStatus>>,
         /// Page size, 1–100.
         #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
         limit: Query<Option<i64>>,
@@ -288,7 +183,7 @@ impl EnhancementsApi {
         let after = paging::non_empty(cursor.0.as_deref())
             .map(paging::parse_enhancement_cursor)
             .transpose()?;
-        let status = status.0.map(Status::as_str);
+        let status = status.0;
         // An empty `tenant_id=` means no filter, like an absent one.
         let mut rows = match tenant_id.0.as_deref().filter(|t| !t.is_empty()) {
             Some(raw) => match TenantId::parse(raw) {
@@ -321,23 +216,6 @@ impl EnhancementsApi {
         Ok(Json(EnhancementPage {
             items: rows.into_iter().map(Into::into).collect(),
             next_cursor,
-        }))
-    }
-
-    /// Queue counts: pending, in flight, waiting for a retry, dead.
-    #[oai(
-        path = "/queue/stats",
-        method = "get",
-        operation_id = "queue_stats",
-        tag = "EnhancementTags::Queue"
-    )]
-    async fn queue_stats(&self, _auth: AdminAuth) -> Result<Json<QueueStatsBody>, ApiError> {
-        let stats = self.state.queue.stats().await?;
-        Ok(Json(QueueStatsBody {
-            pending: stats.pending,
-            in_flight: stats.in_flight,
-            retrying: stats.retrying,
-            dead: stats.dead,
         }))
     }
 }

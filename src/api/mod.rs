@@ -9,11 +9,17 @@ pub mod auth;
 pub mod enhancements;
 pub mod health;
 pub mod middleware;
+pub mod openapi;
 pub mod paging;
 pub mod problem;
+pub mod queue;
 pub mod server;
+pub mod state;
 pub mod tenants;
 pub mod text;
+
+pub use openapi::{openapi, openapi_document};
+pub use state::AppState;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -23,9 +29,7 @@ use poem::{
     http::StatusCode,
     middleware::{CatchPanic, SetHeader},
 };
-use poem_openapi::OpenApiService;
 use secrecy::{ExposeSecret, SecretString};
-use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -35,40 +39,6 @@ use crate::{
     db,
     queue::{Queue, RedisPool},
 };
-
-/// What every handler needs, cheap to clone.
-#[derive(Clone)]
-pub struct AppState {
-    /// PostgreSQL pool of the requests.
-    pub pool: PgPool,
-    /// One connection of its own for the readiness probe ([`db::probe_pool`]).
-    pub probe: PgPool,
-    /// The per-tenant share of `pool` ([`db::slots`]).
-    pub slots: Arc<db::slots::TenantSlots>,
-    /// Whether service-desk URLs may name internal hosts (`AI_AGENTS_ALLOW_INTERNAL_URLS`).
-    pub allow_internal_urls: bool,
-    /// The job queue.
-    pub queue: Queue,
-    /// Seals tenant secrets (bound to their tenant and field).
-    pub keyring: Arc<Keyring>,
-}
-
-impl AppState {
-    /// A transaction scoped to `tenant`, within the tenant's share of the pool: one tenant's
-    /// stuck requests cannot take every connection from the others.
-    pub async fn tenant_tx(
-        &self,
-        tenant: &crate::domain::TenantId,
-    ) -> Result<db::scope::TenantTx, problem::ApiError> {
-        let slot = self.slots.acquire(tenant).await.map_err(|busy| {
-            tracing::warn!(tenant_id = %busy.0, "tenant at its share of database connections");
-            problem::ApiError::unavailable(
-                "the database (too many requests of this tenant at once)",
-            )
-        })?;
-        Ok(db::scope::TenantTx::begin_in_slot(&self.pool, tenant, slot).await?)
-    }
-}
 
 /// Why the API could not start. Messages never contain secrets.
 #[derive(Debug, thiserror::Error)]
@@ -115,12 +85,7 @@ impl Application {
     /// Creates pools, applies migrations if configured, binds the listener.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
         if config.run_migrations {
-            // Its own pool with the full acquire timeout: at start the database may still be
-            // coming up, and waiting for it is right there.
-            let pool = db::connect_for_migrations(&config.database)?;
-            db::migrate(&pool).await?;
-            pool.close().await;
-            tracing::info!("migrations applied");
+            migrate_at_start(&config.database).await?;
         }
         // Requests wait for a connection at most REQUEST_DB_WAIT: during an outage a client
         // gets its 503 in seconds, not after the full acquire timeout.
@@ -141,28 +106,7 @@ impl Application {
         }
 
         let keyring = Keyring::load(config.encryption_key.as_ref(), &config.encryption_old_keys)?;
-        let admin_token = match &config.admin_token {
-            Some(token) => {
-                if token.expose_secret().len() < 16 {
-                    tracing::warn!(
-                        "AI_AGENTS_ADMIN_TOKEN is shorter than 16 characters; use a long random token"
-                    );
-                }
-                token.clone()
-            }
-            None => {
-                let token = format!(
-                    "dev-{}{}",
-                    uuid::Uuid::new_v4().simple(),
-                    uuid::Uuid::new_v4().simple()
-                );
-                // Printed once on the terminal, deliberately not through the log pipeline.
-                eprintln!(
-                    "AI_AGENTS_ADMIN_TOKEN is not set; this development server accepts: Bearer {token}"
-                );
-                SecretString::from(token)
-            }
-        };
+        let admin_token = admin_token(config.admin_token.as_ref());
 
         let listener = bind("AI_AGENTS_BIND_ADDR", config.bind_addr).await?;
         let addr = listener.local_addr().unwrap_or(config.bind_addr);
@@ -259,6 +203,37 @@ impl Application {
     }
 }
 
+/// Applies pending migrations on a pool of their own with the full acquire timeout: at start the
+/// database may still be coming up, and waiting for it is right there.
+async fn migrate_at_start(database: &DatabaseConfig) -> Result<(), StartupError> {
+    let pool = db::connect_for_migrations(database)?;
+    db::migrate(&pool).await?;
+    pool.close().await;
+    tracing::info!("migrations applied");
+    Ok(())
+}
+
+/// The configured admin token (with a warning when it is short), or in development (where none
+/// is required) a random one, printed once on the terminal.
+fn admin_token(configured: Option<&SecretString>) -> SecretString {
+    if let Some(token) = configured {
+        if token.expose_secret().len() < 16 {
+            tracing::warn!(
+                "AI_AGENTS_ADMIN_TOKEN is shorter than 16 characters; use a long random token"
+            );
+        }
+        return token.clone();
+    }
+    let token = format!(
+        "dev-{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    // Deliberately not through the log pipeline.
+    eprintln!("AI_AGENTS_ADMIN_TOKEN is not set; this development server accepts: Bearer {token}");
+    SecretString::from(token)
+}
+
 /// Binds a listener for the address named by `variable`.
 async fn bind(variable: &'static str, addr: SocketAddr) -> Result<TcpListener, StartupError> {
     TcpListener::bind(addr)
@@ -292,89 +267,6 @@ pub fn metrics_endpoint(state: AppState) -> impl poem::Endpoint<Output = poem::R
                 .body(crate::metrics::render())
         }
     }))
-}
-
-/// The OpenAPI service of every documented operation.
-pub fn openapi(
-    state: &AppState,
-) -> OpenApiService<
-    (
-        health::HealthApi,
-        tenants::TenantsApi,
-        enhancements::EnhancementsApi,
-    ),
-    (),
-> {
-    OpenApiService::new(
-        (
-            health::HealthApi {
-                state: state.clone(),
-            },
-            tenants::TenantsApi {
-                state: state.clone(),
-            },
-            enhancements::EnhancementsApi {
-                state: state.clone(),
-            },
-        ),
-        "ai-agents",
-        env!("CARGO_PKG_VERSION"),
-    )
-    .description(
-        "Tenant configurations and enhancement requests of the AI ticket-enhancement platform. \
-         Every /api/v1 operation needs `Authorization: Bearer <AI_AGENTS_ADMIN_TOKEN>`; every \
-         error is application/problem+json.",
-    )
-}
-
-/// Request objects that refuse unknown fields (`deny_unknown_fields`).
-const CLOSED_SCHEMAS: &[&str] = &["TenantCreate", "TenantUpdate", "EnhancementCreate"];
-
-/// The OpenAPI document as served: poem-openapi's, corrected where it under-describes what
-/// the API does. Optional properties are `null` when absent (`nullable`), and request objects
-/// that refuse unknown fields say so (`additionalProperties: false`), so generated clients and
-/// schema-driven tests see the real contract.
-pub fn openapi_document(raw: &str) -> String {
-    let Ok(mut doc) = serde_json::from_str::<serde_json::Value>(raw) else {
-        return raw.to_owned();
-    };
-    if let Some(schemas) = doc
-        .pointer_mut("/components/schemas")
-        .and_then(serde_json::Value::as_object_mut)
-    {
-        for (name, schema) in schemas.iter_mut() {
-            let required: Vec<String> = schema
-                .get("required")
-                .and_then(serde_json::Value::as_array)
-                .map(|r| {
-                    r.iter()
-                        .filter_map(|v| v.as_str().map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default();
-            if let Some(properties) = schema
-                .get_mut("properties")
-                .and_then(serde_json::Value::as_object_mut)
-            {
-                for (property, definition) in properties.iter_mut() {
-                    if !required.contains(property)
-                        && let Some(definition) = definition.as_object_mut()
-                    {
-                        definition.insert("nullable".into(), serde_json::Value::Bool(true));
-                    }
-                }
-            }
-            if CLOSED_SCHEMAS.contains(&name.as_str())
-                && let Some(schema) = schema.as_object_mut()
-            {
-                schema.insert(
-                    "additionalProperties".into(),
-                    serde_json::Value::Bool(false),
-                );
-            }
-        }
-    }
-    serde_json::to_string(&doc).unwrap_or_else(|_| raw.to_owned())
 }
 
 /// The whole HTTP surface with its middleware; `/metrics` only when `with_metrics` (else it

@@ -6,7 +6,11 @@
 
 use poem_openapi::{ApiResponse, Object, payload::Json};
 
-use crate::{db::Failure, domain::InvalidValue, queue::QueueError};
+use crate::{
+    db::{Failure, slots::SlotsBusy},
+    domain::InvalidValue,
+    queue::QueueError,
+};
 
 /// Seconds a client should wait before retrying after a 503.
 pub const RETRY_AFTER_SECS: u32 = 2;
@@ -81,6 +85,11 @@ impl ApiError {
         Self::NotFound(Json(Problem::new(404, detail)))
     }
 
+    /// 404 for a tenant id that names no tenant (in a path or a body).
+    pub fn tenant_not_found(tenant: impl std::fmt::Display) -> Self {
+        Self::not_found(format!("tenant `{tenant}` does not exist"))
+    }
+
     /// 409 with `detail`.
     pub fn conflict(detail: impl Into<String>) -> Self {
         Self::Conflict(Json(Problem::new(409, detail)))
@@ -149,17 +158,16 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+impl From<SlotsBusy> for ApiError {
+    fn from(busy: SlotsBusy) -> Self {
+        tracing::warn!(tenant_id = %busy.0, "tenant at its share of database connections");
+        Self::unavailable("the database (too many requests of this tenant at once)")
+    }
+}
+
 impl From<QueueError> for ApiError {
     fn from(e: QueueError) -> Self {
         tracing::warn!(error = &e as &dyn std::error::Error, "queue unavailable");
         Self::unavailable("the job queue")
-    }
-}
-
-/// The constraint name of a unique or foreign-key violation, if `e` is one.
-pub fn violated_constraint(e: &sqlx::Error) -> Option<&str> {
-    match e {
-        sqlx::Error::Database(db) => db.constraint(),
-        _ => None,
     }
 }

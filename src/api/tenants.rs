@@ -1,30 +1,29 @@
 //! `/api/v1/tenants`: tenant configurations.
 //!
 //! Secrets arrive in plaintext, are encrypted before they reach the database and are never
-//! returned: [`Tenant`] has no field for them.
+//! returned: [`Tenant`] (the repository's row, which never holds them) has no field for them.
 
 use std::collections::BTreeMap;
 
 use poem_openapi::{ApiResponse, Object, OpenApi, Tags, param::Path, param::Query, payload::Json};
 use secrecy::SecretString;
 use serde_json::Value;
-use uuid::Uuid;
 
 use super::{
     AppState,
     auth::AdminAuth,
     paging,
     problem::ApiError,
-    problem::violated_constraint,
-    text::{HttpUrl, Line, Slug, Text},
+    text::{HttpUrl, Text},
 };
 use crate::{
     crypto::{Binding, SecretField},
     db::{
+        ResultExt,
         scope::CrossTenantTx,
-        tenants::{self, NewTenant, TenantChanges, TenantRow, UNIQUE_TENANT_ID},
+        tenants::{self, NewTenant, TenantChanges, TenantRow as Tenant, UNIQUE_TENANT_ID},
     },
-    domain::{HostPolicy, ServiceDeskUrl, TenantId, TenantName, storable_json},
+    domain::{ServiceDeskUrl, TenantId, TenantName, storable_json},
 };
 
 #[derive(Tags)]
@@ -38,13 +37,10 @@ enum TenantTags {
 #[oai(deny_unknown_fields)]
 pub struct TenantCreate {
     /// Public id: lowercase letters, digits, `_` and `-`, starting with a letter or digit.
-    #[oai(validator(min_length = 1, max_length = 100))]
-    pub tenant_id: Slug,
+    pub tenant_id: TenantId,
     /// Display name.
-    #[oai(validator(min_length = 1, max_length = 255))]
-    pub name: Line,
+    pub name: TenantName,
     /// Base URL of the tenant's service desk (http or https).
-    #[oai(validator(min_length = 1, max_length = 500))]
     pub servicedesk_url: HttpUrl,
     /// Service desk API key; stored encrypted, never returned.
     #[oai(validator(min_length = 1, max_length = 4096))]
@@ -62,10 +58,8 @@ pub struct TenantCreate {
 #[oai(deny_unknown_fields)]
 pub struct TenantUpdate {
     /// New display name.
-    #[oai(validator(min_length = 1, max_length = 255))]
-    pub name: Option<Line>,
+    pub name: Option<TenantName>,
     /// New service desk URL.
-    #[oai(validator(min_length = 1, max_length = 500))]
     pub servicedesk_url: Option<HttpUrl>,
     /// A rotated API key.
     #[oai(validator(min_length = 1, max_length = 4096))]
@@ -75,42 +69,6 @@ pub struct TenantUpdate {
     pub webhook_signing_secret: Option<Text>,
     /// New preferences (replace the old ones).
     pub enhancement_preferences: Option<BTreeMap<String, Value>>,
-}
-
-/// A tenant as the API shows it: no secrets.
-#[derive(Object)]
-pub struct Tenant {
-    /// Internal id.
-    pub id: Uuid,
-    /// Public id.
-    pub tenant_id: String,
-    /// Display name.
-    pub name: String,
-    /// Service desk base URL.
-    pub servicedesk_url: String,
-    /// Preferences.
-    pub enhancement_preferences: Value,
-    /// Whether the tenant is active.
-    pub is_active: bool,
-    /// Creation time.
-    pub created_at: chrono::DateTime<chrono::Utc>,
-    /// Last change.
-    pub updated_at: chrono::DateTime<chrono::Utc>,
-}
-
-impl From<TenantRow> for Tenant {
-    fn from(row: TenantRow) -> Self {
-        Self {
-            id: row.id,
-            tenant_id: row.tenant_id,
-            name: row.name,
-            servicedesk_url: row.servicedesk_url,
-            enhancement_preferences: row.enhancement_preferences,
-            is_active: row.is_active,
-            created_at: row.created_at,
-            updated_at: row.updated_at,
-        }
-    }
 }
 
 /// One page of tenants.
@@ -142,24 +100,12 @@ pub struct TenantsApi {
     pub state: AppState,
 }
 
-fn not_found(tenant: &str) -> ApiError {
-    ApiError::not_found(format!("tenant `{tenant}` does not exist"))
-}
-
 /// Parses a tenant id from a path: one that cannot exist is simply not found.
 fn path_tenant(raw: &str) -> Result<TenantId, ApiError> {
-    TenantId::parse(raw).map_err(|_| not_found(raw))
+    TenantId::parse(raw).map_err(|_| ApiError::tenant_not_found(raw))
 }
 
 impl TenantsApi {
-    fn host_policy(&self) -> HostPolicy {
-        if self.state.allow_internal_urls {
-            HostPolicy::AllowInternal
-        } else {
-            HostPolicy::PublicOnly
-        }
-    }
-
     /// Seals `value` for `tenant`'s `field`: the ciphertext opens in that row and column only.
     fn encrypt(
         &self,
@@ -184,9 +130,8 @@ impl TenantsApi {
         body: Json<TenantCreate>,
     ) -> Result<Created, ApiError> {
         let body = body.0;
-        let tenant = TenantId::parse(body.tenant_id.as_ref())?;
-        let name = TenantName::parse(body.name.as_ref())?;
-        let url = ServiceDeskUrl::parse(body.servicedesk_url.as_ref(), self.host_policy())?;
+        let tenant = body.tenant_id;
+        let url = ServiceDeskUrl::parse(body.servicedesk_url.as_str(), self.state.host_policy())?;
         let api_key = self.encrypt(
             &tenant,
             SecretField::ServicedeskApiKey,
@@ -201,24 +146,20 @@ impl TenantsApi {
         storable_json("enhancement_preferences", &preferences)?;
         let mut tx = self.state.tenant_tx(&tenant).await?;
         let new = NewTenant {
-            name: name.as_str(),
+            name: body.name.as_str(),
             servicedesk_url: url.as_str(),
             servicedesk_api_key_encrypted: &api_key,
             webhook_signing_secret_encrypted: &webhook,
             enhancement_preferences: &preferences,
         };
-        let row = match tenants::insert(&mut tx, &new).await {
-            Ok(row) => row,
-            Err(e) if violated_constraint(&e) == Some(UNIQUE_TENANT_ID) => {
-                return Err(ApiError::conflict(format!(
-                    "tenant `{tenant}` already exists"
-                )));
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let row = tenants::insert(&mut tx, &new)
+            .await
+            .on_constraint(UNIQUE_TENANT_ID, || {
+                ApiError::conflict(format!("tenant `{tenant}` already exists"))
+            })?;
         tx.commit().await?;
         tracing::info!(tenant_id = %tenant, "tenant created");
-        Ok(Created::Created(Json(row.into())))
+        Ok(Created::Created(Json(row)))
     }
 
     /// List tenants, ordered by `tenant_id`, with keyset paging.
@@ -247,7 +188,7 @@ impl TenantsApi {
             None
         };
         Ok(Json(TenantPage {
-            items: rows.into_iter().map(Into::into).collect(),
+            items: rows,
             next_cursor,
         }))
     }
@@ -267,9 +208,9 @@ impl TenantsApi {
         let mut tx = self.state.tenant_tx(&tenant).await?;
         let row = tenants::get(&mut tx)
             .await?
-            .ok_or_else(|| not_found(&tenant_id.0))?;
+            .ok_or_else(|| ApiError::tenant_not_found(&tenant_id.0))?;
         tx.commit().await?;
-        Ok(Json(row.into()))
+        Ok(Json(row))
     }
 
     /// Change a tenant; secrets can be rotated.
@@ -286,11 +227,9 @@ impl TenantsApi {
     ) -> Result<Json<Tenant>, ApiError> {
         let tenant = path_tenant(&tenant_id.0)?;
         let body = body.0;
-        let name = body.name.as_deref().map(TenantName::parse).transpose()?;
         let url = body
             .servicedesk_url
-            .as_deref()
-            .map(|raw| ServiceDeskUrl::parse(raw, self.host_policy()))
+            .map(|raw| ServiceDeskUrl::parse(raw.as_str(), self.state.host_policy()))
             .transpose()?;
         let api_key = body
             .servicedesk_api_key
@@ -307,7 +246,7 @@ impl TenantsApi {
             storable_json("enhancement_preferences", preferences)?;
         }
         let changes = TenantChanges {
-            name: name.as_ref().map(TenantName::as_str),
+            name: body.name.as_ref().map(TenantName::as_str),
             servicedesk_url: url.as_ref().map(ServiceDeskUrl::as_str),
             servicedesk_api_key_encrypted: api_key.as_deref(),
             webhook_signing_secret_encrypted: webhook.as_deref(),
@@ -316,10 +255,10 @@ impl TenantsApi {
         let mut tx = self.state.tenant_tx(&tenant).await?;
         let row = tenants::update(&mut tx, &changes)
             .await?
-            .ok_or_else(|| not_found(&tenant_id.0))?;
+            .ok_or_else(|| ApiError::tenant_not_found(&tenant_id.0))?;
         tx.commit().await?;
         tracing::info!(tenant_id = %tenant, "tenant updated");
-        Ok(Json(row.into()))
+        Ok(Json(row))
     }
 
     /// Delete a tenant and its enhancement history.
@@ -332,7 +271,7 @@ impl TenantsApi {
         let tenant = path_tenant(&tenant_id.0)?;
         let mut tx = self.state.tenant_tx(&tenant).await?;
         if !tenants::delete(&mut tx).await? {
-            return Err(not_found(&tenant_id.0));
+            return Err(ApiError::tenant_not_found(&tenant_id.0));
         }
         tx.commit().await?;
         tracing::info!(tenant_id = %tenant, "tenant deleted");

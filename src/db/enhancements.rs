@@ -14,19 +14,23 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::scope::{CrossTenantTx, TenantTx};
-use crate::domain::TicketId;
+use crate::domain::{EnhancementStatus, TicketId};
 
 /// An enhancement as stored.
+///
+/// `S` is the type of its status: [`EnhancementStatus`] everywhere outside this module; `String`
+/// only for the moment between the query macros, which read the column as text, and
+/// `EnhancementRow::typed`, which parses it.
 #[derive(Debug, Clone)]
-pub struct EnhancementRow {
+pub struct EnhancementRow<S = EnhancementStatus> {
     /// Id (UUIDv7, so ids sort by creation).
     pub id: Uuid,
     /// Owning tenant.
     pub tenant_id: String,
     /// Ticket in the tenant's service desk.
     pub ticket_id: String,
-    /// `pending`, `processing`, `completed` or `failed`.
-    pub status: String,
+    /// Where it is in its lifecycle.
+    pub status: S,
     /// The client's context object.
     pub context: Value,
     /// What the job gathered.
@@ -43,6 +47,53 @@ pub struct EnhancementRow {
     pub completed_at: Option<DateTime<Utc>>,
 }
 
+/// A row as the query macros read it, status still text.
+type StoredRow = EnhancementRow<String>;
+
+impl StoredRow {
+    /// The row with its status parsed; an unknown stored status is a decoding error (a bug or a
+    /// newer schema), never silently taken for another one.
+    fn typed(self) -> Result<EnhancementRow, sqlx::Error> {
+        Ok(EnhancementRow {
+            status: decode_status(&self.status)?,
+            id: self.id,
+            tenant_id: self.tenant_id,
+            ticket_id: self.ticket_id,
+            context: self.context,
+            context_gathered: self.context_gathered,
+            llm_output: self.llm_output,
+            error_message: self.error_message,
+            processing_time_ms: self.processing_time_ms,
+            created_at: self.created_at,
+            completed_at: self.completed_at,
+        })
+    }
+}
+
+/// `query_as!` of a `SELECT` of whole rows: the column list, then `$rest` (`FROM …`), so the
+/// columns of a row are written once. sqlx joins the literals before it looks up the statement's
+/// offline data, so the joined text must stay exactly that of `.sqlx/`.
+macro_rules! select_rows {
+    ($rest:literal $(, $arg:expr)* $(,)?) => {
+        sqlx::query_as!(
+            StoredRow,
+            "SELECT id, tenant_id, ticket_id, status, context, context_gathered, llm_output,\n"
+                + "                  error_message, processing_time_ms, created_at, completed_at\n"
+                + "           "
+                + $rest
+            $(, $arg)*
+        )
+    };
+}
+
+/// Parses a `status` value read from the database.
+fn decode_status(raw: &str) -> Result<EnhancementStatus, sqlx::Error> {
+    EnhancementStatus::parse(raw).map_err(|e| sqlx::Error::ColumnDecode {
+        index: "status".to_owned(),
+        source: Box::new(e),
+    })
+}
+
 /// Where a keyset page starts (exclusive): the last row of the previous page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PageAfter {
@@ -51,6 +102,10 @@ pub struct PageAfter {
     /// Id of the last row seen.
     pub id: Uuid,
 }
+
+/// The foreign key whose violation means "unknown tenant" (an insert for a tenant that does not
+/// exist).
+pub const TENANT_FK: &str = "enhancement_history_tenant_id_fkey";
 
 /// Stores a new `pending` enhancement for the transaction's tenant.
 pub async fn insert(
@@ -61,7 +116,7 @@ pub async fn insert(
 ) -> Result<EnhancementRow, sqlx::Error> {
     let tenant_id = tx.tenant().as_str().to_owned();
     sqlx::query_as!(
-        EnhancementRow,
+        StoredRow,
         r#"INSERT INTO enhancement_history (id, tenant_id, ticket_id, status, context)
            VALUES ($1, $2, $3, 'pending', $4)
            RETURNING id, tenant_id, ticket_id, status, context, context_gathered, llm_output,
@@ -72,7 +127,8 @@ pub async fn insert(
         context,
     )
     .fetch_one(tx.conn())
-    .await
+    .await?
+    .typed()
 }
 
 /// Deletes an enhancement (used to undo an insert whose job could not be queued).
@@ -100,21 +156,17 @@ async fn select_one(
     conn: &mut PgConnection,
     id: Uuid,
 ) -> Result<Option<EnhancementRow>, sqlx::Error> {
-    sqlx::query_as!(
-        EnhancementRow,
-        r#"SELECT id, tenant_id, ticket_id, status, context, context_gathered, llm_output,
-                  error_message, processing_time_ms, created_at, completed_at
-           FROM enhancement_history WHERE id = $1"#,
-        id,
-    )
-    .fetch_optional(conn)
-    .await
+    select_rows!("FROM enhancement_history WHERE id = $1", id)
+        .fetch_optional(conn)
+        .await?
+        .map(StoredRow::typed)
+        .transpose()
 }
 
 /// A page of the transaction's tenant's enhancements, newest first.
 pub async fn list_for_tenant(
     tx: &mut TenantTx,
-    status: Option<&str>,
+    status: Option<EnhancementStatus>,
     after: Option<PageAfter>,
     limit: i64,
 ) -> Result<Vec<EnhancementRow>, sqlx::Error> {
@@ -125,7 +177,7 @@ pub async fn list_for_tenant(
 /// A page of every tenant's enhancements, newest first.
 pub async fn list_all(
     tx: &mut CrossTenantTx,
-    status: Option<&str>,
+    status: Option<EnhancementStatus>,
     after: Option<PageAfter>,
     limit: i64,
 ) -> Result<Vec<EnhancementRow>, sqlx::Error> {
@@ -135,28 +187,28 @@ pub async fn list_all(
 async fn select_page(
     conn: &mut PgConnection,
     tenant_id: Option<&str>,
-    status: Option<&str>,
+    status: Option<EnhancementStatus>,
     after: Option<PageAfter>,
     limit: i64,
 ) -> Result<Vec<EnhancementRow>, sqlx::Error> {
-    sqlx::query_as!(
-        EnhancementRow,
-        r#"SELECT id, tenant_id, ticket_id, status, context, context_gathered, llm_output,
-                  error_message, processing_time_ms, created_at, completed_at
-           FROM enhancement_history
+    select_rows!(
+        r#"FROM enhancement_history
            WHERE ($1::text IS NULL OR tenant_id = $1)
              AND ($2::text IS NULL OR status = $2)
              AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4::uuid))
            ORDER BY created_at DESC, id DESC
            LIMIT $5"#,
         tenant_id,
-        status,
+        status.map(EnhancementStatus::as_str),
         after.map(|a| a.created_at),
         after.map(|a| a.id),
         limit,
     )
     .fetch_all(conn)
-    .await
+    .await?
+    .into_iter()
+    .map(StoredRow::typed)
+    .collect()
 }
 
 /// One delivery's request to claim its row (see [`claim`]).
@@ -227,18 +279,18 @@ pub async fn claim(
     .bind(&takeovers)
     .fetch_all(tx.conn())
     .await?;
-    let by_id: HashMap<Uuid, (Option<String>, Option<String>, bool)> = rows
-        .into_iter()
-        .map(|(id, status, claim, moved)| (id, (status, claim, moved)))
-        .collect();
+    let mut by_id: HashMap<Uuid, (Option<EnhancementStatus>, Option<String>, bool)> =
+        HashMap::with_capacity(rows.len());
+    for (id, status, claim, moved) in rows {
+        let status = status.as_deref().map(decode_status).transpose()?;
+        by_id.insert(id, (status, claim, moved));
+    }
     Ok(requests
         .iter()
         .map(|request| match by_id.get(&request.id) {
             None | Some((None, _, _)) => ClaimOutcome::Missing,
             Some((_, _, true)) => ClaimOutcome::Claimed,
-            Some((Some(status), _, false)) if matches!(status.as_str(), "completed" | "failed") => {
-                ClaimOutcome::Finished
-            }
+            Some((Some(status), _, false)) if status.is_final() => ClaimOutcome::Finished,
             Some((_, holder, false)) => ClaimOutcome::HeldBy(holder.clone().unwrap_or_default()),
         })
         .collect())

@@ -1,5 +1,10 @@
 //! Which database errors are worth another try: the one classifier the API (status codes) and
 //! the worker (retry or give up) share, so the two cannot drift apart.
+//!
+//! A violated constraint that means something to the caller (a tenant that exists already, an
+//! enhancement of an unknown tenant) is picked out by its name with [`ResultExt::on_constraint`],
+//! as realworld-axum-sqlx does, instead of each caller matching error details by hand. The
+//! names are constants of the repository that owns the table.
 
 /// What a failed database call means for the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +75,41 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
     classify(e).is_transient()
 }
 
+/// The constraint name of a violation (unique, foreign key, check), if `e` is one.
+fn violated_constraint(e: &sqlx::Error) -> Option<&str> {
+    match e {
+        sqlx::Error::Database(db) => db.constraint(),
+        _ => None,
+    }
+}
+
+/// Turning a named constraint's violation into the caller's own error.
+pub trait ResultExt<T> {
+    /// `Err(meaning())` when the statement violated constraint `name`; any other error becomes
+    /// `E` the usual way (`From<sqlx::Error>`), so it is still classified.
+    fn on_constraint<E: From<sqlx::Error>>(
+        self,
+        name: &str,
+        meaning: impl FnOnce() -> E,
+    ) -> Result<T, E>;
+}
+
+impl<T> ResultExt<T> for Result<T, sqlx::Error> {
+    fn on_constraint<E: From<sqlx::Error>>(
+        self,
+        name: &str,
+        meaning: impl FnOnce() -> E,
+    ) -> Result<T, E> {
+        self.map_err(|e| {
+            if violated_constraint(&e) == Some(name) {
+                meaning()
+            } else {
+                E::from(e)
+            }
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,5 +134,27 @@ mod tests {
         assert_eq!(classify(&sqlx::Error::PoolTimedOut), Failure::Unavailable);
         assert!(is_transient(&sqlx::Error::PoolTimedOut));
         assert!(!is_transient(&sqlx::Error::RowNotFound));
+    }
+
+    /// Violations of a named constraint are the tests of the API (409 for a duplicate tenant,
+    /// 404 for an unknown one); every other error keeps its usual conversion.
+    #[test]
+    fn other_errors_than_the_named_violation_convert_as_usual() {
+        #[derive(Debug, PartialEq)]
+        enum Seen {
+            Meaning,
+            Converted,
+        }
+        impl From<sqlx::Error> for Seen {
+            fn from(_: sqlx::Error) -> Self {
+                Self::Converted
+            }
+        }
+        let result = Err::<(), _>(sqlx::Error::RowNotFound).on_constraint("c", || Seen::Meaning);
+        assert_eq!(result, Err(Seen::Converted));
+        assert_eq!(
+            Ok::<_, sqlx::Error>(1).on_constraint("c", || Seen::Meaning),
+            Ok(1)
+        );
     }
 }

@@ -11,7 +11,7 @@ pub mod scope;
 pub mod slots;
 pub mod tenants;
 
-pub use errors::{Failure, classify, is_transient};
+pub use errors::{Failure, ResultExt, classify, is_transient};
 
 use std::{str::FromStr, time::Duration};
 

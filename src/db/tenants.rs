@@ -2,7 +2,9 @@
 //!
 //! Secrets are stored as ciphertext by the caller. Only [`stored_secrets`], for the `secrets`
 //! maintenance commands, selects them: nothing that reads a tenant for a response can leak them
-//! by accident.
+//! by accident. That is also why [`TenantRow`] is the API's `Tenant` schema as it is (it derives
+//! poem-openapi's `Object`): a row without secrets is exactly what the API shows, and one field
+//! list serves both.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -11,8 +13,9 @@ use uuid::Uuid;
 use super::scope::{CrossTenantTx, TenantTx};
 use crate::crypto::SecretField;
 
-/// A tenant as responses show it (no secret columns).
-#[derive(Debug, Clone)]
+/// A tenant as the API shows it: no secrets.
+#[derive(Debug, Clone, poem_openapi::Object)]
+#[oai(rename = "Tenant")]
 pub struct TenantRow {
     /// Internal id.
     pub id: Uuid,
@@ -22,13 +25,13 @@ pub struct TenantRow {
     pub name: String,
     /// Service desk base URL.
     pub servicedesk_url: String,
-    /// Free-form preferences (a JSON object).
+    /// Preferences.
     pub enhancement_preferences: Value,
-    /// Whether enhancements are enabled for the tenant.
+    /// Whether the tenant is active.
     pub is_active: bool,
     /// Creation time.
     pub created_at: DateTime<Utc>,
-    /// Last change, maintained by a trigger.
+    /// Last change.
     pub updated_at: DateTime<Utc>,
 }
 

@@ -7,7 +7,10 @@
 //! ([`super::scripts`]) that first checks the entry is still this consumer's: a delivery that
 //! was taken back from a worker presumed dead can no longer be settled by that worker.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
 use redis::{Value, aio::MultiplexedConnection};
 
@@ -302,23 +305,7 @@ impl Consumer {
                 Some(Value::Int(n)) => *n,
                 _ => 0,
             };
-            // Milliseconds left on its heartbeat (-2: none).
-            let mut pttl = redis::cmd("PTTL");
-            pttl.arg(keys.alive(&name));
-            let heartbeat_ttl: i64 = redis.query(&pttl).await?;
-            let alive = heartbeat_ttl > 0;
-            // Its last beat is older than two maintenance periods.
-            let beat_overdue =
-                heartbeat_ttl < i64::try_from(HEARTBEAT_TTL.as_millis()).unwrap_or(10_000) - 4_500;
-            let client = format!("{}:{name}", keys.jobs);
-            // A worker killed outright still has a heartbeat for a few seconds, but its
-            // connection is gone at once.
-            let connected = connected
-                .as_ref()
-                .is_none_or(|names| names.contains(&client));
-            // Dead: no heartbeat, or no connection and a beat overdue (a worker that is only
-            // reconnecting its reader keeps beating, so its jobs stay where they are).
-            if alive && (connected || !beat_overdue) {
+            if !self.is_dead(&name, connected.as_ref()).await? {
                 continue;
             }
             if pending > 0 {
@@ -342,25 +329,52 @@ impl Consumer {
                 let _: i64 = redis.query(&forget).await?;
             }
         }
+        Ok(requeued + self.requeue_held_longer_than(reclaim_after).await?)
+    }
+
+    /// Whether consumer `name` is dead: no heartbeat, or its reading connection gone (when
+    /// `connected` lists the connections) and its beat overdue. A worker killed outright still
+    /// has a heartbeat for a few seconds, but its connection is gone at once; a worker that is
+    /// only reconnecting its reader keeps beating, so its jobs stay where they are.
+    async fn is_dead(
+        &self,
+        name: &str,
+        connected: Option<&HashSet<String>>,
+    ) -> Result<bool, QueueError> {
+        let keys = self.queue.keys();
+        // Milliseconds left on its heartbeat (-2: none).
+        let mut pttl = redis::cmd("PTTL");
+        pttl.arg(keys.alive(name));
+        let heartbeat_ttl: i64 = self.queue.redis().query(&pttl).await?;
+        let alive = heartbeat_ttl > 0;
+        // Its last beat is older than two maintenance periods.
+        let beat_overdue =
+            heartbeat_ttl < i64::try_from(HEARTBEAT_TTL.as_millis()).unwrap_or(10_000) - 4_500;
+        let client = format!("{}:{name}", keys.jobs);
+        let connected = connected.is_none_or(|names| names.contains(&client));
+        Ok(!(alive && (connected || !beat_overdue)))
+    }
+
+    /// Puts back the jobs any worker has held longer than `reclaim_after`.
+    async fn requeue_held_longer_than(&self, reclaim_after: Duration) -> Result<u64, QueueError> {
         let idle_ms = u64::try_from(reclaim_after.as_millis()).unwrap_or(u64::MAX);
         let mut stale = redis::cmd("XPENDING");
         stale
-            .arg(&keys.jobs)
+            .arg(&self.queue.keys().jobs)
             .arg(GROUP)
             .arg("IDLE")
             .arg(idle_ms)
             .arg("-")
             .arg("+")
             .arg(1000);
-        let stale: Vec<(String, String, u64, u64)> = redis.query(&stale).await?;
+        let stale: Vec<(String, String, u64, u64)> = self.queue.redis().query(&stale).await?;
         let ids: Vec<String> = stale.into_iter().map(|(id, ..)| id).collect();
-        requeued += self.requeue("", &ids).await?;
-        Ok(requeued)
+        self.requeue("", &ids).await
     }
 
     /// Names of the connected clients; `None` where `CLIENT LIST` is not allowed (some managed
     /// Redis services), and then only the heartbeat decides.
-    async fn connected_consumers(&self) -> Option<std::collections::HashSet<String>> {
+    async fn connected_consumers(&self) -> Option<HashSet<String>> {
         let mut list = redis::cmd("CLIENT");
         list.arg("LIST").arg("TYPE").arg("normal");
         let list: String = self.queue.redis().query(&list).await.ok()?;

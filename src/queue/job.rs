@@ -3,10 +3,16 @@
 //! A job is one JSON document in the stream entry's `job` field. It carries its own attempt
 //! counter, so a retry scheduled in Redis survives any worker restart, and enough to find its
 //! data (the enhancement id and its tenant, for row-level security) without another lookup.
+//!
+//! The tenant id is a [`TenantId`], checked when the job is decoded. A well-formed job whose
+//! tenant id cannot exist (written by hand, or by an older build) is a bad payload, told apart
+//! from text that is no job at all, so that operators see which of the two they hold.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+use crate::domain::{InvalidValue, TenantId};
 
 /// A unit of work.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,7 +38,7 @@ pub enum JobKind {
         /// The `enhancement_history` row.
         enhancement_id: Uuid,
         /// Its tenant (sets the row-level-security context).
-        tenant_id: String,
+        tenant_id: TenantId,
     },
     /// Answer on `reply_to` (a Redis list) to prove a worker is consuming.
     Ping {
@@ -67,9 +73,32 @@ impl Job {
     }
 
     /// Parses the JSON form; the error text is safe to store in the dead-letter queue.
-    pub fn decode(raw: &str) -> Result<Self, String> {
-        serde_json::from_str(raw).map_err(|e| format!("undecodable job payload: {e}"))
+    pub fn decode(raw: &str) -> Result<Self, DecodeError> {
+        serde_json::from_str(raw).map_err(|e| match invalid_tenant(raw) {
+            Some(invalid) => DecodeError::BadTenant(invalid),
+            None => DecodeError::Undecodable(e),
+        })
     }
+}
+
+/// Why a payload is not a job.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// Not the JSON form of any job.
+    #[error("undecodable job payload: {0}")]
+    Undecodable(#[source] serde_json::Error),
+    /// An enhancement job whose tenant id cannot exist.
+    #[error("bad payload: {0}")]
+    BadTenant(#[source] InvalidValue),
+}
+
+/// Why the `tenant_id` of an enhancement job in `raw` is refused, if that is what failed.
+fn invalid_tenant(raw: &str) -> Option<InvalidValue> {
+    let value: serde_json::Value = serde_json::from_str(raw).ok()?;
+    if value.get("kind")?.as_str()? != "enhancement" {
+        return None;
+    }
+    TenantId::parse(value.get("tenant_id")?.as_str()?).err()
 }
 
 #[cfg(test)]
@@ -80,7 +109,7 @@ mod tests {
     fn round_trips() {
         let job = Job::new(JobKind::Enhancement {
             enhancement_id: Uuid::new_v4(),
-            tenant_id: "acme".into(),
+            tenant_id: TenantId::parse("acme").expect("valid"),
         });
         let again = Job::decode(&job.encode()).expect("decodes");
         assert_eq!(again, job);
@@ -90,7 +119,31 @@ mod tests {
 
     #[test]
     fn refuses_garbage() {
-        assert!(Job::decode("{").is_err());
-        assert!(Job::decode(r#"{"kind":"unknown"}"#).is_err());
+        assert!(matches!(Job::decode("{"), Err(DecodeError::Undecodable(_))));
+        assert!(matches!(
+            Job::decode(r#"{"kind":"unknown"}"#),
+            Err(DecodeError::Undecodable(_))
+        ));
+    }
+
+    #[test]
+    fn a_tenant_id_that_cannot_exist_is_a_bad_payload() {
+        let job = Job::new(JobKind::Enhancement {
+            enhancement_id: Uuid::new_v4(),
+            tenant_id: TenantId::parse("acme").expect("valid"),
+        });
+        let raw = job.encode().replace(r#""acme""#, r#""Not A Tenant!""#);
+        let error = Job::decode(&raw).expect_err("refused");
+        assert!(matches!(error, DecodeError::BadTenant(_)), "{error}");
+        assert!(
+            error.to_string().starts_with("bad payload: tenant_id: "),
+            "{error}"
+        );
+        // A ping has no tenant: its other faults are not about one.
+        let ping = r#"{"kind":"ping","tenant_id":"Not A Tenant!"}"#;
+        assert!(matches!(
+            Job::decode(ping),
+            Err(DecodeError::Undecodable(_))
+        ));
     }
 }

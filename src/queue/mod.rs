@@ -217,15 +217,9 @@ impl Queue {
 
     /// The oldest `count` jobs still waiting or in flight (for operators).
     pub async fn peek(&self, count: usize) -> Result<Vec<Job>, QueueError> {
-        let mut xrange = redis::cmd("XRANGE");
-        xrange
-            .arg(&self.keys.jobs)
-            .arg("-")
-            .arg("+")
-            .arg("COUNT")
-            .arg(count);
-        let entries: Vec<StreamEntry> = self.redis.query(&xrange).await?;
-        Ok(entries
+        Ok(self
+            .oldest_entries(count)
+            .await?
             .into_iter()
             .filter_map(|(_, fields)| {
                 let raw = fields.get(b"job".as_slice())?;
@@ -237,17 +231,23 @@ impl Queue {
     /// The time (Redis clock, ms) of the oldest entry still in the jobs stream, waiting or in
     /// flight; `None` when the stream is empty.
     pub async fn oldest_entry_ms(&self) -> Result<Option<u64>, QueueError> {
+        Ok(self
+            .oldest_entries(1)
+            .await?
+            .first()
+            .and_then(|(id, _)| id.split('-').next()?.parse().ok()))
+    }
+
+    /// The oldest `count` entries of the jobs stream (`XRANGE - + COUNT count`).
+    async fn oldest_entries(&self, count: usize) -> Result<Vec<StreamEntry>, QueueError> {
         let mut xrange = redis::cmd("XRANGE");
         xrange
             .arg(&self.keys.jobs)
             .arg("-")
             .arg("+")
             .arg("COUNT")
-            .arg(1);
-        let entries: Vec<StreamEntry> = self.redis.query(&xrange).await?;
-        Ok(entries
-            .first()
-            .and_then(|(id, _)| id.split('-').next()?.parse().ok()))
+            .arg(count);
+        Ok(self.redis.query(&xrange).await?)
     }
 
     /// Settled deliveries by outcome (`completed`, `retried`, `dead`, `dropped`,

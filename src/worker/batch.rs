@@ -75,7 +75,8 @@ pub async fn start(
     for delivery in deliveries {
         let job = match Job::decode(&delivery.payload) {
             Ok(job) => job,
-            Err(error) => {
+            Err(e) => {
+                let error = e.to_string();
                 tracing::error!(entry = %delivery.entry_id, %error, "undecodable job dead-lettered");
                 next.push(Next::Settle(
                     delivery,
@@ -89,17 +90,7 @@ pub async fn start(
             JobKind::Enhancement {
                 enhancement_id,
                 tenant_id,
-            } => match TenantId::parse(tenant_id) {
-                Ok(tenant) => Some((*enhancement_id, tenant)),
-                Err(e) => {
-                    let error = format!("bad payload: {e}");
-                    next.push(Next::Settle(
-                        delivery,
-                        Settlement::Dead { error, attempts: 1 },
-                    ));
-                    continue;
-                }
-            },
+            } => Some((*enhancement_id, tenant_id.clone())),
         };
         let taken = Taken { delivery, job, row };
         if taken.row.is_some() {
@@ -152,7 +143,7 @@ fn after_claim(taken: Taken, outcome: Result<ClaimOutcome, JobError>, policy: Re
 pub fn failed(taken: Taken, error: JobError, policy: RetryPolicy) -> Next {
     let attempts = taken.job.attempt + 1;
     match error {
-        JobError::Transient(error) => match policy.delay_after(taken.job.attempt) {
+        JobError::Transient { message: error, .. } => match policy.delay_after(taken.job.attempt) {
             Some(delay) => {
                 tracing::warn!(job_id = %taken.job.id, attempt = attempts, %error,
                     retry_in_ms = delay.as_millis() as u64, "job failed; will retry");
@@ -161,7 +152,7 @@ pub fn failed(taken: Taken, error: JobError, policy: RetryPolicy) -> Next {
             }
             None => Next::GiveUp(taken, format!("gave up after {attempts} attempts: {error}")),
         },
-        JobError::Permanent(error) => Next::GiveUp(taken, error),
+        JobError::Permanent { message, .. } => Next::GiveUp(taken, message),
     }
 }
 
@@ -340,7 +331,7 @@ pub async fn record(
             Ok(true) => Next::Settle(taken.delivery, Settlement::Completed),
             Ok(false) => {
                 tracing::warn!(job_id = %taken.job.id, "the job's claim was lost before its result was recorded");
-                failed(taken, JobError::Transient("the claim on the row was lost".to_owned()), policy)
+                failed(taken, JobError::transient("the claim on the row was lost"), policy)
             }
             Err(error) => failed(taken, error, policy),
         });
@@ -422,7 +413,7 @@ pub async fn give_up(pool: &sqlx::PgPool, taken: &Taken, error: &str) -> Option<
                 .with_min_delay(Duration::from_millis(500))
                 .with_max_times(5),
         )
-        .when(|e| matches!(e, JobError::Transient(_)))
+        .when(JobError::is_transient)
         .await;
     match marked {
         Ok(true) => Some(Settlement::Dead {

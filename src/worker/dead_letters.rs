@@ -11,8 +11,7 @@ use sqlx::PgPool;
 
 use crate::{
     db::{enhancements, scope::TenantTx},
-    domain::TenantId,
-    queue::{DeadLetter, Job, JobKind, Queue, QueueError},
+    queue::{DeadLetter, Job, JobKind, Queue, QueueError, job::DecodeError},
 };
 
 /// What retrying one dead letter did.
@@ -65,8 +64,14 @@ async fn retry_letter(
     pool: &PgPool,
     letter: &DeadLetter,
 ) -> Result<Retried, DeadLetterError> {
-    let Ok(job) = Job::decode(&letter.job) else {
-        return Ok(Retried::Kept("its job does not decode".to_owned()));
+    let job = match Job::decode(&letter.job) {
+        Ok(job) => job,
+        Err(DecodeError::BadTenant(_)) => {
+            return Ok(Retried::Kept("its tenant id is invalid".to_owned()));
+        }
+        Err(DecodeError::Undecodable(_)) => {
+            return Ok(Retried::Kept("its job does not decode".to_owned()));
+        }
     };
     let job = Job { attempt: 0, ..job };
     if let JobKind::Enhancement {
@@ -74,10 +79,7 @@ async fn retry_letter(
         tenant_id,
     } = &job.kind
     {
-        let Ok(tenant) = TenantId::parse(tenant_id) else {
-            return Ok(Retried::Kept("its tenant id is invalid".to_owned()));
-        };
-        let mut tx = TenantTx::begin(pool, &tenant).await?;
+        let mut tx = TenantTx::begin(pool, tenant_id).await?;
         let reopened = enhancements::reopen_failed(&mut tx, *enhancement_id).await?;
         tx.commit().await?;
         if !reopened {

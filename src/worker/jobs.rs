@@ -67,7 +67,7 @@ pub fn kind_of(payload: &str) -> &'static str {
 async fn enhance(cancel: CancellationToken) -> Result<Output, JobError> {
     let started = Instant::now();
     if cancel.is_cancelled() {
-        return Err(JobError::Transient("soft time limit reached".to_owned()));
+        return Err(JobError::transient("soft time limit reached"));
     }
     Ok(Output::Enhanced {
         context_gathered: json!({}),
@@ -78,8 +78,8 @@ async fn enhance(cancel: CancellationToken) -> Result<Output, JobError> {
 
 async fn pong(ctx: &JobContext, reply_to: &str) -> Result<Output, JobError> {
     if !ctx.queue.keys().is_ping_reply(reply_to) {
-        return Err(JobError::Permanent(
-            "bad payload: a ping may only answer on a ping key of this deployment".to_owned(),
+        return Err(JobError::permanent(
+            "bad payload: a ping may only answer on a ping key of this deployment",
         ));
     }
     let answer = format!(
@@ -98,10 +98,6 @@ async fn pong(ctx: &JobContext, reply_to: &str) -> Result<Output, JobError> {
         .arg(reply_to)
         .arg(60)
         .ignore();
-    ctx.queue
-        .redis()
-        .query_pipe::<()>(&reply)
-        .await
-        .map_err(|e| JobError::Transient(format!("Redis error: {e}")))?;
+    ctx.queue.redis().query_pipe::<()>(&reply).await?;
     Ok(Output::Answered)
 }

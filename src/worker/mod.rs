@@ -11,7 +11,7 @@
 //! * the **recorder** receives the finished jobs, records the completed ones in one transaction
 //!   ([`batch::record`]), then settles every delivery in one atomic Redis step — done, retry
 //!   later, or dead letter (after marking the row `failed`) — and only then frees their slots;
-//! * **maintenance**, on interval timers: the heartbeat and the reclaim of jobs of dead or silent
+//! * **maintenance** (`maintenance`), on interval timers: the heartbeat and the reclaim of jobs of dead or silent
 //!   workers, the promotion of due retries, the orphan sweep ([`sweeper`]) and the dead-letter
 //!   trim.
 //!
@@ -22,6 +22,7 @@
 pub mod batch;
 pub mod dead_letters;
 pub mod jobs;
+mod maintenance;
 pub mod metrics_server;
 pub mod retry;
 pub mod sweeper;
@@ -34,10 +35,7 @@ use std::{
 use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use futures_util::future::join_all;
 use sqlx::PgPool;
-use tokio::{
-    sync::{OwnedSemaphorePermit, Semaphore, mpsc},
-    time::MissedTickBehavior,
-};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
@@ -52,12 +50,6 @@ use retry::{JobError, RetryPolicy};
 
 /// How long one blocking read waits; bounds how long shutdown takes to notice.
 const READ_BLOCK: Duration = Duration::from_secs(1);
-/// Period of heartbeat and reclaim.
-const MAINTENANCE_EVERY: Duration = Duration::from_secs(2);
-/// Period of the orphan sweep (one worker of all sweeps each time).
-const SWEEP_EVERY: Duration = Duration::from_secs(10);
-/// Period of the dead-letter trim by age.
-const TRIM_EVERY: Duration = Duration::from_secs(60);
 /// Most finished jobs recorded in one transaction.
 const RECORD_BATCH: usize = 256;
 
@@ -137,13 +129,13 @@ impl Worker {
             return Ok(());
         }
         // Jobs of workers that died while we were away come back before we start reading.
-        heartbeat_and_reclaim(&shared).await;
+        maintenance::heartbeat_and_reclaim(&shared).await;
         tracing::info!(consumer = %shared.consumer.name(), "worker ready");
 
         // Maintenance outlives the shutdown signal: the heartbeat must keep beating while
         // in-flight jobs drain, or other workers would take those jobs for orphans.
         let maintenance_stop = CancellationToken::new();
-        let maintenance = tokio::spawn(maintain(
+        let maintenance = tokio::spawn(maintenance::run(
             Arc::clone(&shared),
             shutdown.clone(),
             maintenance_stop.clone(),
@@ -375,7 +367,7 @@ async fn limited(
     };
     match tokio::time::timeout_at(read_at + shared.settings.time_limit, run).await {
         Ok(outcome) => outcome,
-        Err(_) => Err(JobError::Transient(format!(
+        Err(_) => Err(JobError::transient(format!(
             "hard time limit of {} s exceeded",
             shared.settings.time_limit.as_secs()
         ))),
@@ -468,71 +460,5 @@ async fn drain(shared: &Shared, batches: TaskTracker, mut recorder: tokio::task:
             "grace period over; unfinished jobs will be redelivered"
         );
         recorder.abort();
-    }
-}
-
-/// Maintenance on interval timers until `stop` (see the module doc). Promotion, sweeping and
-/// trimming end with `shutdown`; the heartbeat goes on until `stop`.
-async fn maintain(shared: Arc<Shared>, shutdown: CancellationToken, stop: CancellationToken) {
-    let ticker = |period: Duration| {
-        let mut interval = tokio::time::interval(period);
-        interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        interval.reset();
-        interval
-    };
-    // Due retries go back promptly (a fraction of the base delay), so the schedule stays close
-    // to base, 2×base, 4×base rather than rounding up to the maintenance period.
-    let promote_every =
-        (shared.settings.retry_base / 4).clamp(Duration::from_millis(50), MAINTENANCE_EVERY);
-    let (mut beat, mut promote, mut sweep, mut trim) = (
-        ticker(MAINTENANCE_EVERY),
-        ticker(promote_every),
-        ticker(SWEEP_EVERY),
-        ticker(TRIM_EVERY),
-    );
-    loop {
-        let working = !shutdown.is_cancelled();
-        tokio::select! {
-            () = stop.cancelled() => break,
-            _ = beat.tick() => heartbeat_and_reclaim(&shared).await,
-            _ = promote.tick(), if working => {
-                if let Err(e) = shared.consumer.promote_due_retries().await {
-                    tracing::warn!(error = &e as &dyn std::error::Error, "retry promotion failed");
-                }
-            }
-            _ = sweep.tick(), if working => {
-                let swept = sweeper::sweep(&shared.pool, shared.consumer.queue(),
-                    shared.consumer.name(), shared.settings.orphan_after, SWEEP_EVERY).await;
-                match swept {
-                    Ok(0) => {}
-                    Ok(n) => tracing::warn!(count = n, "orphaned pending rows queued again"),
-                    Err(e) => tracing::warn!(error = &e as &dyn std::error::Error, "orphan sweep failed"),
-                }
-            }
-            _ = trim.tick(), if working => {
-                match shared.consumer.queue().trim_dead(shared.settings.dead_letters).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(count = n, "expired dead letters removed"),
-                    Err(e) => tracing::warn!(error = &e as &dyn std::error::Error, "dead-letter trim failed"),
-                }
-            }
-        }
-    }
-}
-
-/// Heartbeat and reclaim; failures are logged and tried again next time.
-async fn heartbeat_and_reclaim(shared: &Shared) {
-    let consumer = &shared.consumer;
-    if let Err(e) = consumer.heartbeat().await {
-        tracing::warn!(error = &e as &dyn std::error::Error, "heartbeat failed");
-        return;
-    }
-    match consumer.reclaim(shared.settings.reclaim_after).await {
-        Ok(0) => {}
-        Ok(n) => tracing::warn!(
-            count = n,
-            "jobs of dead or silent workers put back in the queue"
-        ),
-        Err(e) => tracing::warn!(error = &e as &dyn std::error::Error, "reclaim failed"),
     }
 }

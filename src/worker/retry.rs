@@ -11,15 +11,55 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 
-/// A job failure, classified.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// The error underneath a job failure (a database or Redis error), kept for the logs.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+/// A job failure, classified. Its message is what is stored with the job (the dead letter, the
+/// row's `error_message`) and already names the cause; the cause itself stays attached as the
+/// error's source, so logs can show its whole chain.
+#[derive(Debug, thiserror::Error)]
 pub enum JobError {
     /// Worth another try: a dependency was unavailable or the job ran out of time.
-    #[error("{0}")]
-    Transient(String),
+    #[error("{message}")]
+    Transient {
+        /// What went wrong.
+        message: String,
+        /// The underlying error, if there is one.
+        #[source]
+        cause: Option<Cause>,
+    },
     /// Will fail again: the data is gone or the payload is bad.
-    #[error("{0}")]
-    Permanent(String),
+    #[error("{message}")]
+    Permanent {
+        /// What went wrong.
+        message: String,
+        /// The underlying error, if there is one.
+        #[source]
+        cause: Option<Cause>,
+    },
+}
+
+impl JobError {
+    /// A transient failure without an underlying error.
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self::Transient {
+            message: message.into(),
+            cause: None,
+        }
+    }
+
+    /// A permanent failure without an underlying error.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self::Permanent {
+            message: message.into(),
+            cause: None,
+        }
+    }
+
+    /// Whether another try may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Transient { .. })
+    }
 }
 
 impl From<sqlx::Error> for JobError {
@@ -27,10 +67,22 @@ impl From<sqlx::Error> for JobError {
         // Decoding errors, constraint violations and similar are bugs or bad data: another
         // try fails the same way. Everything the shared classifier calls transient is retried.
         let message = format!("database error: {e}");
-        if crate::db::is_transient(&e) {
-            Self::Transient(message)
+        let transient = crate::db::is_transient(&e);
+        let cause = Some(Cause::from(e));
+        if transient {
+            Self::Transient { message, cause }
         } else {
-            Self::Permanent(message)
+            Self::Permanent { message, cause }
+        }
+    }
+}
+
+impl From<redis::RedisError> for JobError {
+    /// Redis refusing or not answering is an outage: worth another try.
+    fn from(e: redis::RedisError) -> Self {
+        Self::Transient {
+            message: format!("Redis error: {e}"),
+            cause: Some(Cause::from(e)),
         }
     }
 }
@@ -100,14 +152,25 @@ mod tests {
     }
 
     #[test]
-    fn classifies_database_errors() {
-        assert!(matches!(
-            JobError::from(sqlx::Error::PoolTimedOut),
-            JobError::Transient(_)
-        ));
-        assert!(matches!(
-            JobError::from(sqlx::Error::RowNotFound),
-            JobError::Permanent(_)
-        ));
+    fn classifies_database_errors_and_keeps_them_as_the_source() {
+        use std::error::Error as _;
+
+        let timed_out = JobError::from(sqlx::Error::PoolTimedOut);
+        assert!(timed_out.is_transient());
+        let source = timed_out.source().expect("the sqlx error is the source");
+        assert_eq!(
+            timed_out.to_string(),
+            format!("database error: {source}"),
+            "the message still names the cause"
+        );
+        assert!(source.downcast_ref::<sqlx::Error>().is_some());
+        let missing = JobError::from(sqlx::Error::RowNotFound);
+        assert!(!missing.is_transient());
+        assert!(missing.source().is_some());
+        assert!(
+            JobError::transient("soft time limit reached")
+                .source()
+                .is_none()
+        );
     }
 }

@@ -86,7 +86,7 @@ pub async fn sweep(
             queue
                 .enqueue(&Job::new(JobKind::Enhancement {
                     enhancement_id: id,
-                    tenant_id: tenant.as_str().to_owned(),
+                    tenant_id: tenant.clone(),
                 }))
                 .await?;
             tracing::warn!(enhancement_id = %id, tenant_id = %tenant, "pending row without a job: queued again");

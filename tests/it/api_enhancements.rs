@@ -301,3 +301,36 @@ async fn database_down_means_503_and_recovery() {
     .await;
     assert!(recovered, "the API recovers without a restart");
 }
+
+/// A status the code does not know (written by a newer schema, say) is an error answered with
+/// a 500, never shown as another status.
+#[tokio::test]
+async fn an_unknown_stored_status_is_an_error_not_pending() {
+    let app = TestApp::spawn().await;
+    app.create_tenant("acme").await;
+    let created = app.create_enhancement("acme", "T-1").await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let owner = app.db.owner_pool().await;
+    let mut tx = owner.begin().await.unwrap();
+    for statement in [
+        "ALTER TABLE enhancement_history DROP CONSTRAINT enhancement_history_status_valid",
+        "SELECT set_config('app.current_tenant_id', 'acme', true)",
+    ] {
+        sqlx::query(statement).execute(&mut *tx).await.unwrap();
+    }
+    sqlx::query("UPDATE enhancement_history SET status = 'cancelled' WHERE id = $1::uuid")
+        .bind(&id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    for path in [
+        format!("/api/v1/enhancements/{id}"),
+        "/api/v1/enhancements?tenant_id=acme".to_owned(),
+        "/api/v1/enhancements".to_owned(),
+    ] {
+        let response = app.req(Method::GET, &path).send().await.unwrap();
+        let body = assert_problem(response, 500).await;
+        assert!(!body.to_string().contains("cancelled"), "{path}: {body}");
+    }
+}

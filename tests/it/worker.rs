@@ -16,8 +16,8 @@ use crate::helpers::{
     Outage, OwnRedis, TestApp, TestDb, WORKER, command, eventually, host_port, queue_prefix,
     redis_pool, redis_url, test_vars, via,
     worker::{
-        Env, TENANT, Worker, assert_all_completed_once, enhancement_job, stats, until_completed,
-        until_idle,
+        Env, TENANT, Worker, assert_all_completed_once, bad_tenant_job, enhancement_job, stats,
+        until_completed, until_idle,
     },
 };
 
@@ -258,13 +258,15 @@ async fn permanent_errors_are_dead_lettered_at_once() {
         .await
         .expect("queued");
     // A tenant id that can never be valid.
-    env.queue
-        .enqueue(&Job::new(JobKind::Enhancement {
-            enhancement_id: Uuid::now_v7(),
-            tenant_id: "Not A Tenant!".into(),
-        }))
-        .await
-        .expect("queued");
+    let _: String = env
+        .redis(
+            redis::cmd("XADD")
+                .arg(&env.queue.keys().jobs)
+                .arg("*")
+                .arg("job")
+                .arg(bad_tenant_job()),
+        )
+        .await;
     // Text that is no job, and an entry without the `job` field.
     let jobs = env.queue.keys().jobs.clone();
     let _: String = env
@@ -791,13 +793,15 @@ async fn queue_stats_count_each_state() {
     );
     // A job whose row does not exist is dropped; a bad payload is dead at once.
     env.enqueue(&[Uuid::now_v7()]).await;
-    env.queue
-        .enqueue(&Job::new(JobKind::Enhancement {
-            enhancement_id: Uuid::now_v7(),
-            tenant_id: "Not A Tenant!".into(),
-        }))
-        .await
-        .expect("queued");
+    let _: String = env
+        .redis(
+            redis::cmd("XADD")
+                .arg(&env.queue.keys().jobs)
+                .arg("*")
+                .arg("job")
+                .arg(bad_tenant_job()),
+        )
+        .await;
     assert!(
         eventually(Duration::from_secs(15), || async {
             env.stats().await == stats(0, 0, 1, 1)

@@ -367,8 +367,15 @@ impl Env {
 pub fn enhancement_job(id: Uuid) -> Job {
     Job::new(JobKind::Enhancement {
         enhancement_id: id,
-        tenant_id: TENANT.to_owned(),
+        tenant_id: ai_agents::domain::TenantId::parse(TENANT).expect("valid tenant id"),
     })
+}
+
+/// The JSON of an enhancement job whose tenant id can never be valid (no `Job` holds one).
+pub fn bad_tenant_job() -> String {
+    enhancement_job(Uuid::now_v7())
+        .encode()
+        .replace(&format!("\"{TENANT}\""), "\"Not A Tenant!\"")
 }
 
 /// Queue statistics, in the order of their fields.

@@ -3,16 +3,17 @@
 //! Every variable of the contract is read once at start into [`Config`]. Parsing is done by
 //! `envconfig`; the rules that span several variables (defaults that depend on the environment,
 //! secrets that are required outside development, limits that must be ordered) live in
-//! [`Config::from_raw`]. An error names the variable and never repeats its value, because the
-//! value may be a secret.
+//! `rules`. An error names the variable and never repeats its value, because the value may be
+//! a secret.
+
+mod rules;
 
 use std::{collections::HashMap, fmt, net::SocketAddr, str::FromStr, time::Duration};
 
 use envconfig::Envconfig;
-
 use secrecy::SecretString;
 
-use crate::crypto::KeyError;
+use rules::RawConfig;
 
 /// Where the process runs; decides defaults and which secrets are mandatory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,102 +69,11 @@ impl FromStr for LogFormat {
     }
 }
 
-/// A boolean that also accepts the spellings people put in `.env` files.
-#[derive(Debug, Clone, Copy)]
-struct Flag(bool);
-
-impl FromStr for Flag {
-    type Err = ();
-    fn from_str(s: &str) -> Result<Self, ()> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "true" | "1" | "yes" | "on" => Ok(Self(true)),
-            "false" | "0" | "no" | "off" => Ok(Self(false)),
-            _ => Err(()),
-        }
-    }
-}
-
 /// The development database the project's dev-services script creates.
 pub const DEV_DATABASE_URL: &str =
     "postgres://ai_agents_owner:ai_agents_owner@127.0.0.1:55432/ai_agents";
 /// The development Redis the project's dev-services script starts.
 pub const DEV_REDIS_URL: &str = "redis://127.0.0.1:56379";
-
-/// The variables exactly as envconfig parses them; cross-field rules come after.
-#[derive(Envconfig)]
-struct RawConfig {
-    #[envconfig(from = "AI_AGENTS_ENVIRONMENT", default = "development")]
-    environment: Environment,
-    #[envconfig(from = "AI_AGENTS_LOG_LEVEL", default = "info")]
-    log_level: String,
-    #[envconfig(from = "AI_AGENTS_LOG_FORMAT")]
-    log_format: Option<String>,
-    #[envconfig(from = "AI_AGENTS_BIND_ADDR", default = "0.0.0.0:8000")]
-    bind_addr: String,
-    #[envconfig(from = "AI_AGENTS_DATABASE_URL")]
-    database_url: Option<String>,
-    #[envconfig(from = "AI_AGENTS_DATABASE_POOL_SIZE", default = "20")]
-    database_pool_size: u32,
-    #[envconfig(from = "AI_AGENTS_DATABASE_MIN_CONNECTIONS", default = "5")]
-    database_min_connections: u32,
-    #[envconfig(from = "AI_AGENTS_DATABASE_CONNECT_TIMEOUT_SECS", default = "30")]
-    database_connect_timeout_secs: u64,
-    #[envconfig(from = "AI_AGENTS_DATABASE_STATEMENT_TIMEOUT_MS", default = "5000")]
-    database_statement_timeout_ms: u64,
-    #[envconfig(from = "AI_AGENTS_DATABASE_LOCK_TIMEOUT_MS", default = "1000")]
-    database_lock_timeout_ms: u64,
-    #[envconfig(
-        from = "AI_AGENTS_DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS",
-        default = "10000"
-    )]
-    database_idle_in_transaction_timeout_ms: u64,
-    #[envconfig(from = "AI_AGENTS_REDIS_URL")]
-    redis_url: Option<String>,
-    #[envconfig(from = "AI_AGENTS_REDIS_MAX_CONNECTIONS", default = "10")]
-    redis_max_connections: usize,
-    #[envconfig(from = "AI_AGENTS_REDIS_POOL_TIMEOUT_SECS", default = "5")]
-    redis_pool_timeout_secs: u64,
-    #[envconfig(from = "AI_AGENTS_RUN_MIGRATIONS")]
-    run_migrations: Option<String>,
-    #[envconfig(from = "AI_AGENTS_ADMIN_TOKEN")]
-    admin_token: Option<String>,
-    #[envconfig(from = "AI_AGENTS_ENCRYPTION_KEY")]
-    encryption_key: Option<String>,
-    #[envconfig(from = "AI_AGENTS_ENCRYPTION_OLD_KEYS")]
-    encryption_old_keys: Option<String>,
-    #[envconfig(from = "AI_AGENTS_WORKER_CONCURRENCY", default = "4")]
-    worker_concurrency: usize,
-    #[envconfig(from = "AI_AGENTS_WORKER_MAX_RETRIES", default = "3")]
-    worker_max_retries: u32,
-    #[envconfig(from = "AI_AGENTS_WORKER_RETRY_BASE_MS", default = "2000")]
-    worker_retry_base_ms: u64,
-    #[envconfig(from = "AI_AGENTS_WORKER_RECLAIM_AFTER_SECS", default = "150")]
-    worker_reclaim_after_secs: u64,
-    #[envconfig(from = "AI_AGENTS_TASK_SOFT_TIME_LIMIT_SECS", default = "100")]
-    task_soft_time_limit_secs: u64,
-    #[envconfig(from = "AI_AGENTS_TASK_TIME_LIMIT_SECS", default = "120")]
-    task_time_limit_secs: u64,
-    #[envconfig(from = "AI_AGENTS_WORKER_ORPHAN_AFTER_SECS", default = "60")]
-    worker_orphan_after_secs: u64,
-    #[envconfig(from = "AI_AGENTS_DEAD_LETTER_MAX", default = "10000")]
-    dead_letter_max: u64,
-    #[envconfig(from = "AI_AGENTS_DEAD_LETTER_RETENTION_DAYS", default = "14")]
-    dead_letter_retention_days: u64,
-    #[envconfig(from = "AI_AGENTS_SHUTDOWN_GRACE_SECS", default = "25")]
-    shutdown_grace_secs: u64,
-    #[envconfig(from = "AI_AGENTS_QUEUE_PREFIX", default = "ai-agents")]
-    queue_prefix: String,
-    #[envconfig(from = "AI_AGENTS_WORKER_METRICS_ADDR")]
-    worker_metrics_addr: Option<String>,
-    #[envconfig(from = "AI_AGENTS_REQUEST_TIMEOUT_SECS", default = "30")]
-    request_timeout_secs: u64,
-    #[envconfig(from = "AI_AGENTS_CLIENT_READ_TIMEOUT_SECS", default = "30")]
-    client_read_timeout_secs: u64,
-    #[envconfig(from = "AI_AGENTS_ALLOW_INTERNAL_URLS", default = "false")]
-    allow_internal_urls: Flag,
-    #[envconfig(from = "AI_AGENTS_API_METRICS_ADDR")]
-    api_metrics_addr: Option<String>,
-}
 
 /// A configuration problem, always tied to one variable; the value is never repeated.
 #[derive(Debug, thiserror::Error)]
@@ -352,8 +262,7 @@ impl Config {
             Err(e) if e.not_found() => {}
             Err(_) => return Err(ConfigError::new(".env", "cannot be parsed")),
         }
-        let raw = RawConfig::init_from_env()?;
-        Self::from_raw(raw, requirements)
+        rules::build(RawConfig::init_from_env()?, requirements)
     }
 
     /// Builds a configuration from explicit variables only (tests, embedding).
@@ -361,303 +270,7 @@ impl Config {
         vars: &HashMap<String, String>,
         requirements: Requirements,
     ) -> Result<Self, ConfigError> {
-        Self::from_raw(RawConfig::init_from_hashmap(vars)?, requirements)
-    }
-
-    fn from_raw(raw: RawConfig, requirements: Requirements) -> Result<Self, ConfigError> {
-        let env = raw.environment;
-        let dev = env == Environment::Development;
-        let session_limits = session_limits(&raw, requirements)?;
-        let non_empty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
-        let bind_addr = resolve_bind_addr(&raw.bind_addr).ok_or_else(|| {
-            ConfigError::new(
-                "AI_AGENTS_BIND_ADDR",
-                "must be HOST:PORT (e.g. 0.0.0.0:8000)",
-            )
-        })?;
-
-        tracing_subscriber::EnvFilter::try_new(&raw.log_level)
-            .map_err(|_| ConfigError::new("AI_AGENTS_LOG_LEVEL", "is not a valid filter"))?;
-        let log_format = match non_empty(raw.log_format) {
-            Some(s) => s.parse().map_err(|()| {
-                ConfigError::new("AI_AGENTS_LOG_FORMAT", "must be `json` or `pretty`")
-            })?,
-            None if dev => LogFormat::Pretty,
-            None => LogFormat::Json,
-        };
-        // A URL the caller does not use may be missing; it then keeps the development
-        // default, which nothing connects to.
-        let required_outside_dev =
-            |value: Option<String>, variable, dev_default: &str, needed: bool| match non_empty(
-                value,
-            ) {
-                Some(v) => Ok(v),
-                None if dev || !needed => Ok(dev_default.to_owned()),
-                None => Err(ConfigError::new(
-                    variable,
-                    "is required outside development",
-                )),
-            };
-        let database_url = required_outside_dev(
-            raw.database_url,
-            "AI_AGENTS_DATABASE_URL",
-            DEV_DATABASE_URL,
-            requirements.database(),
-        )?;
-        if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
-            return Err(ConfigError::new(
-                "AI_AGENTS_DATABASE_URL",
-                "must start with postgres:// or postgresql://",
-            ));
-        }
-        let redis_url = required_outside_dev(
-            raw.redis_url,
-            "AI_AGENTS_REDIS_URL",
-            DEV_REDIS_URL,
-            requirements.redis(),
-        )?;
-        if !(redis_url.starts_with("redis://") || redis_url.starts_with("rediss://")) {
-            return Err(ConfigError::new(
-                "AI_AGENTS_REDIS_URL",
-                "must start with redis:// or rediss://",
-            ));
-        }
-
-        positive(
-            "AI_AGENTS_DATABASE_POOL_SIZE",
-            raw.database_pool_size.into(),
-        )?;
-        positive(
-            "AI_AGENTS_DATABASE_CONNECT_TIMEOUT_SECS",
-            raw.database_connect_timeout_secs,
-        )?;
-        positive(
-            "AI_AGENTS_REDIS_MAX_CONNECTIONS",
-            raw.redis_max_connections as u64,
-        )?;
-        positive(
-            "AI_AGENTS_REDIS_POOL_TIMEOUT_SECS",
-            raw.redis_pool_timeout_secs,
-        )?;
-        positive(
-            "AI_AGENTS_WORKER_CONCURRENCY",
-            raw.worker_concurrency as u64,
-        )?;
-        positive("AI_AGENTS_WORKER_RETRY_BASE_MS", raw.worker_retry_base_ms)?;
-        positive(
-            "AI_AGENTS_WORKER_RECLAIM_AFTER_SECS",
-            raw.worker_reclaim_after_secs,
-        )?;
-        positive(
-            "AI_AGENTS_TASK_SOFT_TIME_LIMIT_SECS",
-            raw.task_soft_time_limit_secs,
-        )?;
-        positive("AI_AGENTS_TASK_TIME_LIMIT_SECS", raw.task_time_limit_secs)?;
-        positive(
-            "AI_AGENTS_WORKER_ORPHAN_AFTER_SECS",
-            raw.worker_orphan_after_secs,
-        )?;
-        positive("AI_AGENTS_DEAD_LETTER_MAX", raw.dead_letter_max)?;
-        positive(
-            "AI_AGENTS_DEAD_LETTER_RETENTION_DAYS",
-            raw.dead_letter_retention_days,
-        )?;
-        positive("AI_AGENTS_REQUEST_TIMEOUT_SECS", raw.request_timeout_secs)?;
-        positive(
-            "AI_AGENTS_CLIENT_READ_TIMEOUT_SECS",
-            raw.client_read_timeout_secs,
-        )?;
-        if requirements == Requirements::Worker
-            && raw.worker_reclaim_after_secs <= raw.task_time_limit_secs
-        {
-            return Err(ConfigError::new(
-                "AI_AGENTS_WORKER_RECLAIM_AFTER_SECS",
-                "must be greater than AI_AGENTS_TASK_TIME_LIMIT_SECS (a job still running must \
-                 never be handed to a second worker)",
-            ));
-        }
-        if raw.task_soft_time_limit_secs > raw.task_time_limit_secs {
-            return Err(ConfigError::new(
-                "AI_AGENTS_TASK_SOFT_TIME_LIMIT_SECS",
-                "must not exceed AI_AGENTS_TASK_TIME_LIMIT_SECS",
-            ));
-        }
-        if raw.worker_max_retries > 30 {
-            return Err(ConfigError::new(
-                "AI_AGENTS_WORKER_MAX_RETRIES",
-                "must be at most 30",
-            ));
-        }
-        let prefix = raw.queue_prefix.trim().to_owned();
-        if prefix.is_empty() || prefix.contains(char::is_whitespace) {
-            return Err(ConfigError::new(
-                "AI_AGENTS_QUEUE_PREFIX",
-                "must be a non-empty word without spaces",
-            ));
-        }
-        let metrics_addr = non_empty(raw.worker_metrics_addr)
-            .map(|s| s.trim().parse::<SocketAddr>())
-            .transpose()
-            .map_err(|_| ConfigError::new("AI_AGENTS_WORKER_METRICS_ADDR", "must be HOST:PORT"))?;
-        let api_metrics_addr = non_empty(raw.api_metrics_addr)
-            .map(|s| resolve_bind_addr(&s).ok_or(()))
-            .transpose()
-            .map_err(|()| ConfigError::new("AI_AGENTS_API_METRICS_ADDR", "must be HOST:PORT"))?;
-        let run_migrations = match non_empty(raw.run_migrations) {
-            Some(s) => {
-                s.parse::<Flag>()
-                    .map_err(|()| {
-                        ConfigError::new("AI_AGENTS_RUN_MIGRATIONS", "must be true or false")
-                    })?
-                    .0
-            }
-            None => dev,
-        };
-
-        let admin_token = non_empty(raw.admin_token).map(SecretString::from);
-        let encryption_key = non_empty(raw.encryption_key).map(SecretString::from);
-        if requirements == Requirements::Api && !dev && admin_token.is_none() {
-            return Err(ConfigError::new(
-                "AI_AGENTS_ADMIN_TOKEN",
-                "is required outside development",
-            ));
-        }
-        if requirements.encryption_key() && !dev && encryption_key.is_none() {
-            return Err(ConfigError::new(
-                "AI_AGENTS_ENCRYPTION_KEY",
-                "is required outside development",
-            ));
-        }
-        // Comma-separated; empty entries (a trailing comma) are ignored.
-        let encryption_old_keys: Vec<SecretString> = (raw.encryption_old_keys.as_deref())
-            .unwrap_or_default()
-            .split(',')
-            .map(str::trim)
-            .filter(|key| !key.is_empty())
-            .map(SecretString::from)
-            .collect();
-        crate::crypto::Keyring::check(encryption_key.as_ref(), &encryption_old_keys).map_err(
-            |e| match e {
-                KeyError::Current => ConfigError::new(
-                    "AI_AGENTS_ENCRYPTION_KEY",
-                    "must be the base64 encoding of exactly 32 bytes",
-                ),
-                KeyError::Old { position } => ConfigError::new(
-                    "AI_AGENTS_ENCRYPTION_OLD_KEYS",
-                    format!(
-                        "key number {position} must be the base64 encoding of exactly 32 bytes"
-                    ),
-                ),
-                KeyError::Duplicate => ConfigError::new(
-                    "AI_AGENTS_ENCRYPTION_OLD_KEYS",
-                    "must not repeat a key, nor contain AI_AGENTS_ENCRYPTION_KEY",
-                ),
-            },
-        )?;
-
-        Ok(Self {
-            environment: env,
-            log_level: raw.log_level,
-            log_format,
-            bind_addr,
-            database: DatabaseConfig {
-                url: SecretString::from(database_url),
-                pool_size: raw.database_pool_size,
-                // A pool smaller than the default minimum simply keeps all its connections.
-                min_connections: raw.database_min_connections.min(raw.database_pool_size),
-                connect_timeout: Duration::from_secs(raw.database_connect_timeout_secs),
-                session_limits,
-            },
-            redis: RedisConfig {
-                url: SecretString::from(redis_url),
-                max_connections: raw.redis_max_connections,
-                pool_timeout: Duration::from_secs(raw.redis_pool_timeout_secs),
-                queue_prefix: prefix,
-            },
-            run_migrations,
-            admin_token,
-            encryption_key,
-            encryption_old_keys,
-            worker: WorkerConfig {
-                concurrency: raw.worker_concurrency,
-                max_retries: raw.worker_max_retries,
-                retry_base: Duration::from_millis(raw.worker_retry_base_ms),
-                reclaim_after: Duration::from_secs(raw.worker_reclaim_after_secs),
-                soft_time_limit: Duration::from_secs(raw.task_soft_time_limit_secs),
-                time_limit: Duration::from_secs(raw.task_time_limit_secs),
-                metrics_addr,
-                orphan_after: Duration::from_secs(raw.worker_orphan_after_secs),
-                dead_letters: crate::queue::dead::Retention {
-                    max_count: raw.dead_letter_max,
-                    max_age: Duration::from_secs(
-                        raw.dead_letter_retention_days.saturating_mul(86_400),
-                    ),
-                },
-            },
-            shutdown_grace: Duration::from_secs(raw.shutdown_grace_secs),
-            request_timeout: Duration::from_secs(raw.request_timeout_secs),
-            client_read_timeout: Duration::from_secs(raw.client_read_timeout_secs),
-            allow_internal_urls: raw.allow_internal_urls.0,
-            api_metrics_addr,
-        })
-    }
-}
-
-/// `HOST:PORT` to a socket address; a host name such as `localhost` is resolved.
-fn resolve_bind_addr(raw: &str) -> Option<SocketAddr> {
-    let raw = raw.trim();
-    if let Ok(addr) = raw.parse() {
-        return Some(addr);
-    }
-    std::net::ToSocketAddrs::to_socket_addrs(raw).ok()?.next()
-}
-
-/// The session bounds, checked against each other and, for the API, against the request
-/// deadline: a statement must give up before the request it serves does.
-fn session_limits(
-    raw: &RawConfig,
-    requirements: Requirements,
-) -> Result<SessionLimits, ConfigError> {
-    positive(
-        "AI_AGENTS_DATABASE_STATEMENT_TIMEOUT_MS",
-        raw.database_statement_timeout_ms,
-    )?;
-    positive(
-        "AI_AGENTS_DATABASE_LOCK_TIMEOUT_MS",
-        raw.database_lock_timeout_ms,
-    )?;
-    positive(
-        "AI_AGENTS_DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS",
-        raw.database_idle_in_transaction_timeout_ms,
-    )?;
-    if raw.database_lock_timeout_ms > raw.database_statement_timeout_ms {
-        return Err(ConfigError::new(
-            "AI_AGENTS_DATABASE_LOCK_TIMEOUT_MS",
-            "must not exceed AI_AGENTS_DATABASE_STATEMENT_TIMEOUT_MS",
-        ));
-    }
-    if requirements == Requirements::Api
-        && raw.database_statement_timeout_ms >= raw.request_timeout_secs.saturating_mul(1000)
-    {
-        return Err(ConfigError::new(
-            "AI_AGENTS_DATABASE_STATEMENT_TIMEOUT_MS",
-            "must be below AI_AGENTS_REQUEST_TIMEOUT_SECS",
-        ));
-    }
-    Ok(SessionLimits {
-        statement_timeout: Duration::from_millis(raw.database_statement_timeout_ms),
-        lock_timeout: Duration::from_millis(raw.database_lock_timeout_ms),
-        idle_in_transaction_timeout: Duration::from_millis(
-            raw.database_idle_in_transaction_timeout_ms,
-        ),
-    })
-}
-
-fn positive(variable: &'static str, value: u64) -> Result<(), ConfigError> {
-    if value == 0 {
-        Err(ConfigError::new(variable, "must be greater than zero"))
-    } else {
-        Ok(())
+        rules::build(RawConfig::init_from_hashmap(vars)?, requirements)
     }
 }
 

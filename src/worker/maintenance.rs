@@ -1,0 +1,84 @@
+//! The worker's maintenance, on interval timers while it runs: its heartbeat and the reclaim of
+//! jobs held by dead or silent workers, the promotion of due retries, the orphan sweep and the
+//! dead-letter trim. The heartbeat outlives the shutdown signal (the jobs still draining must
+//! not look orphaned); the rest stops with it.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+
+use super::{Shared, sweeper};
+
+/// Period of heartbeat and reclaim.
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(2);
+/// Period of the orphan sweep (one worker of all sweeps each time).
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// Period of the dead-letter trim by age.
+const TRIM_EVERY: Duration = Duration::from_secs(60);
+
+/// Maintenance on interval timers until `stop` (see the module doc). Promotion, sweeping and
+/// trimming end with `shutdown`; the heartbeat goes on until `stop`.
+pub(super) async fn run(shared: Arc<Shared>, shutdown: CancellationToken, stop: CancellationToken) {
+    let ticker = |period: Duration| {
+        let mut interval = tokio::time::interval(period);
+        interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        interval.reset();
+        interval
+    };
+    // Due retries go back promptly (a fraction of the base delay), so the schedule stays close
+    // to base, 2×base, 4×base rather than rounding up to the maintenance period.
+    let promote_every =
+        (shared.settings.retry_base / 4).clamp(Duration::from_millis(50), MAINTENANCE_EVERY);
+    let (mut beat, mut promote, mut sweep, mut trim) = (
+        ticker(MAINTENANCE_EVERY),
+        ticker(promote_every),
+        ticker(SWEEP_EVERY),
+        ticker(TRIM_EVERY),
+    );
+    loop {
+        let working = !shutdown.is_cancelled();
+        tokio::select! {
+            () = stop.cancelled() => break,
+            _ = beat.tick() => heartbeat_and_reclaim(&shared).await,
+            _ = promote.tick(), if working => {
+                if let Err(e) = shared.consumer.promote_due_retries().await {
+                    tracing::warn!(error = &e as &dyn std::error::Error, "retry promotion failed");
+                }
+            }
+            _ = sweep.tick(), if working => {
+                let swept = sweeper::sweep(&shared.pool, shared.consumer.queue(),
+                    shared.consumer.name(), shared.settings.orphan_after, SWEEP_EVERY).await;
+                match swept {
+                    Ok(0) => {}
+                    Ok(n) => tracing::warn!(count = n, "orphaned pending rows queued again"),
+                    Err(e) => tracing::warn!(error = &e as &dyn std::error::Error, "orphan sweep failed"),
+                }
+            }
+            _ = trim.tick(), if working => {
+                match shared.consumer.queue().trim_dead(shared.settings.dead_letters).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(count = n, "expired dead letters removed"),
+                    Err(e) => tracing::warn!(error = &e as &dyn std::error::Error, "dead-letter trim failed"),
+                }
+            }
+        }
+    }
+}
+
+/// Heartbeat and reclaim; failures are logged and tried again next time.
+pub(super) async fn heartbeat_and_reclaim(shared: &Shared) {
+    let consumer = &shared.consumer;
+    if let Err(e) = consumer.heartbeat().await {
+        tracing::warn!(error = &e as &dyn std::error::Error, "heartbeat failed");
+        return;
+    }
+    match consumer.reclaim(shared.settings.reclaim_after).await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            count = n,
+            "jobs of dead or silent workers put back in the queue"
+        ),
+        Err(e) => tracing::warn!(error = &e as &dyn std::error::Error, "reclaim failed"),
+    }
+}
