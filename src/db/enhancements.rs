@@ -239,10 +239,8 @@ pub enum ClaimOutcome {
 
 /// Claims the rows of a batch of deliveries in one statement: a `pending` row, a `processing`
 /// row without a claim, or one whose claim is this delivery's or its `takeover_from`, moves to
-/// `processing` under the delivery's claim. Outcomes come back in request order.
-///
-/// The rows are locked (`FOR UPDATE`) in one statement, so two deliveries of the same job
-/// that race here are serialised: the second sees the first's claim.
+/// `processing` under the delivery's claim. Outcomes come back in request order; only when
+/// some row did not move does a second statement read why.
 pub async fn claim(
     tx: &mut TenantTx,
     requests: &[ClaimRequest<'_>],
@@ -250,48 +248,54 @@ pub async fn claim(
     let ids: Vec<Uuid> = requests.iter().map(|r| r.id).collect();
     let claims: Vec<&str> = requests.iter().map(|r| r.claim).collect();
     let takeovers: Vec<Option<&str>> = requests.iter().map(|r| r.takeover_from).collect();
-    let rows: Vec<(Uuid, Option<String>, Option<String>, bool)> = sqlx::query_as(
-        r"WITH input AS (
-              SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[]) AS i(id, claim, takeover)
-          ),
-          current AS (
-              SELECT e.id, e.status, e.claim FROM enhancement_history e
-              WHERE e.id = ANY($1::uuid[])
-              ORDER BY e.id
-              FOR UPDATE
-          ),
-          moved AS (
-              UPDATE enhancement_history e SET status = 'processing', claim = i.claim
-              FROM input i JOIN current c ON c.id = i.id
-              WHERE e.id = i.id
-                AND (c.status = 'pending'
-                     OR (c.status = 'processing'
-                         AND (c.claim IS NULL OR c.claim = i.claim OR c.claim = i.takeover)))
-              RETURNING e.id
-          )
-          SELECT i.id, c.status::text, c.claim, (m.id IS NOT NULL) AS moved
-          FROM input i
-          LEFT JOIN current c ON c.id = i.id
-          LEFT JOIN moved m ON m.id = i.id",
+    // A row another transaction is changing is waited for, then judged again on its new
+    // version (READ COMMITTED re-checks the WHERE clause): of two deliveries racing for one
+    // row, the second finds the first's claim and does not move it.
+    let moved: Vec<Uuid> = sqlx::query_scalar(
+        r"UPDATE enhancement_history e SET status = 'processing', claim = i.claim
+          FROM unnest($1::uuid[], $2::text[], $3::text[]) AS i(id, claim, takeover)
+          WHERE e.id = i.id
+            AND (e.status = 'pending'
+                 OR (e.status = 'processing'
+                     AND (e.claim IS NULL OR e.claim = i.claim OR e.claim = i.takeover)))
+          RETURNING e.id",
     )
     .bind(&ids)
     .bind(&claims)
     .bind(&takeovers)
     .fetch_all(tx.conn())
     .await?;
-    let mut by_id: HashMap<Uuid, (Option<EnhancementStatus>, Option<String>, bool)> =
+    if moved.len() == requests.len() {
+        return Ok(vec![ClaimOutcome::Claimed; requests.len()]);
+    }
+    // The rare rest: why each was not moved.
+    let others: Vec<Uuid> = ids
+        .iter()
+        .filter(|id| !moved.contains(id))
+        .copied()
+        .collect();
+    let rows: Vec<(Uuid, String, Option<String>)> = sqlx::query_as(
+        "SELECT id, status::text, claim FROM enhancement_history WHERE id = ANY($1::uuid[])",
+    )
+    .bind(&others)
+    .fetch_all(tx.conn())
+    .await?;
+    let mut found: HashMap<Uuid, (EnhancementStatus, Option<String>)> =
         HashMap::with_capacity(rows.len());
-    for (id, status, claim, moved) in rows {
-        let status = status.as_deref().map(decode_status).transpose()?;
-        by_id.insert(id, (status, claim, moved));
+    for (id, status, claim) in rows {
+        found.insert(id, (decode_status(&status)?, claim));
     }
     Ok(requests
         .iter()
-        .map(|request| match by_id.get(&request.id) {
-            None | Some((None, _, _)) => ClaimOutcome::Missing,
-            Some((_, _, true)) => ClaimOutcome::Claimed,
-            Some((Some(status), _, false)) if status.is_final() => ClaimOutcome::Finished,
-            Some((_, holder, false)) => ClaimOutcome::HeldBy(holder.clone().unwrap_or_default()),
+        .map(|request| {
+            if moved.contains(&request.id) {
+                return ClaimOutcome::Claimed;
+            }
+            match found.get(&request.id) {
+                None => ClaimOutcome::Missing,
+                Some((status, _)) if status.is_final() => ClaimOutcome::Finished,
+                Some((_, holder)) => ClaimOutcome::HeldBy(holder.clone().unwrap_or_default()),
+            }
         })
         .collect())
 }

@@ -8,12 +8,14 @@
 //!   their rows in one transaction ([`batch::start`]) and runs the claimed jobs side by side,
 //!   each under its soft limit (its cancellation token fires) and hard limit (its future is
 //!   dropped: a failed attempt), while the read loop waits for the next free slot;
-//! * the **recorder** receives the finished jobs, records the completed ones in one transaction
-//!   ([`batch::record`]), then settles every delivery in one atomic Redis step — done, retry
-//!   later, or dead letter (after marking the row `failed`) — and only then frees their slots;
-//! * **maintenance** (`maintenance`), on interval timers: the heartbeat and the reclaim of jobs of dead or silent
-//!   workers, the promotion of due retries, the orphan sweep ([`sweeper`]) and the dead-letter
-//!   trim.
+//! * the **recorder** receives the finished jobs (a job's slot is free once its result is
+//!   queued for the recorder, so the next batch is claimed while this one is recorded), records
+//!   the completed ones in one transaction ([`batch::record`]), then settles every delivery in
+//!   one atomic Redis step — done, retry later, or dead letter (after marking the row
+//!   `failed`);
+//! * **maintenance** (`maintenance`), on interval timers: the heartbeat and the reclaim of jobs
+//!   of dead or silent workers, the promotion of due retries, the orphan sweep ([`sweeper`])
+//!   and the dead-letter trim.
 //!
 //! On SIGTERM/SIGINT the read loop stops, in-flight jobs get `AI_AGENTS_SHUTDOWN_GRACE_SECS` to
 //! finish and be recorded (the heartbeat goes on meanwhile), the heartbeat is removed so other
@@ -80,10 +82,9 @@ pub struct Worker {
     shared: Arc<Shared>,
 }
 
-/// A finished job on its way to the recorder, with the slot it holds until it is settled.
+/// A finished job on its way to the recorder.
 struct Done {
     finished: Finished,
-    _slot: OwnedSemaphorePermit,
     kind: &'static str,
     seconds: f64,
 }
@@ -140,7 +141,9 @@ impl Worker {
             shutdown.clone(),
             maintenance_stop.clone(),
         ));
-        let (done_tx, done_rx) = mpsc::channel::<Done>(shared.settings.concurrency.max(1) * 2);
+        // Room for four slots' worth of finished jobs: the recorder then commits them in
+        // batches of up to that many, one disk flush for all.
+        let (done_tx, done_rx) = mpsc::channel::<Done>(4 * shared.settings.concurrency.max(1));
         let recorder = tokio::spawn(record(Arc::clone(&shared), done_rx));
         let batches = TaskTracker::new();
         read(&shared, &shutdown, &done_tx, &batches).await;
@@ -254,7 +257,7 @@ async fn read(
 }
 
 /// One batch: claims its rows, settles at once what needs no run, runs the claimed jobs side
-/// by side (each hands its result and slot to the recorder). The time limits count from the
+/// by side (each hands its result to the recorder, then frees its slot). The time limits count from the
 /// read, so claiming is part of a job's time: a live worker settles every delivery well
 /// before `AI_AGENTS_WORKER_RECLAIM_AFTER_SECS` (greater than the hard limit) would let
 /// another worker take it.
@@ -319,7 +322,7 @@ fn read_backoff() -> backon::ExponentialBackoff {
 }
 
 /// Runs one claimed job under its limits, in a span with its id, kind and attempt, and hands
-/// the result (with its slot) to the recorder.
+/// the result to the recorder.
 async fn run_job(
     shared: &Shared,
     taken: Taken,
@@ -338,11 +341,14 @@ async fn run_job(
     let _ = done
         .send(Done {
             finished,
-            _slot: slot,
             kind,
             seconds,
         })
         .await;
+    // The slot is free once the result is queued for the recorder: the next batch is read and
+    // claimed while this one is recorded. The recorder's queue is bounded (four slots' worth),
+    // so at most about six times the concurrency wait to be acknowledged.
+    drop(slot);
 }
 
 /// The job under its soft limit (its token fires, it may go on) and its hard limit (it is
@@ -374,23 +380,21 @@ async fn limited(
     }
 }
 
-/// The recorder: batches of finished jobs → one transaction → one settle; then their slots
-/// are free. Ends when every sender is gone (the read loop stopped, every job task ended).
+/// The recorder: whatever finished jobs are waiting → one transaction → one settle. While it
+/// records one batch the read loop claims and runs the next, so the two overlap. Ends when
+/// every sender is gone (the read loop stopped, every job task ended).
 async fn record(shared: Arc<Shared>, mut done: mpsc::Receiver<Done>) {
     let mut batch = Vec::new();
     while done.recv_many(&mut batch, RECORD_BATCH).await > 0 {
         let mut metrics = Vec::with_capacity(batch.len());
-        let mut slots = Vec::with_capacity(batch.len());
         let mut finished = Vec::with_capacity(batch.len());
         for Done {
             finished: f,
-            _slot,
             kind,
             seconds,
         } in batch.drain(..)
         {
             metrics.push((kind, f.taken.job.attempt, seconds));
-            slots.push(_slot);
             finished.push(f);
         }
         let next = batch::record(&shared.pool, shared.policy, finished).await;
@@ -409,7 +413,6 @@ async fn record(shared: Arc<Shared>, mut done: mpsc::Receiver<Done>) {
             }
         }
         settle(&shared, &settlements).await;
-        drop(slots);
     }
 }
 

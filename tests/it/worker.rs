@@ -155,9 +155,13 @@ async fn transient_failures_are_retried_then_dead_lettered() {
     let (flaky, doomed, steady) = (ids[0], ids[1], ids[2]);
     env.enqueue(&ids).await;
 
+    // One job per batch: the probe counts every time a row's claim begins, and a failed claim
+    // of a batch (the injected failure fails the whole statement) would count its neighbours'
+    // claims too before each is claimed alone.
     let worker = Worker::start(&env.worker_vars(&[
         ("AI_AGENTS_WORKER_MAX_RETRIES", "3"),
         ("AI_AGENTS_WORKER_RETRY_BASE_MS", "200"),
+        ("AI_AGENTS_WORKER_CONCURRENCY", "1"),
     ]));
     let settled = eventually(Duration::from_secs(25), || async {
         env.stats().await == stats(0, 0, 0, 1)
