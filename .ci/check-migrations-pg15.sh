@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Migrations must run on PostgreSQL 15 as well as 17: apply, revert, re-apply with the real
 # `ai-agents-api migrate` on a throw-away PostgreSQL 15 (Debian's binaries) as the non-superuser
-# schema owner, and check that up -> down -> up leaves the same schema.
+# schema owner, and check that up -> down (every migration) -> up leaves the same schema.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -33,9 +33,13 @@ tables() {
 "$api" migrate          # re-running is a no-op
 first=$(schema)
 echo "after migrate: tables $(tables)"
+# `migrate revert` undoes the last migration: once per migration takes the schema back to empty,
+# and one more is a no-op.
+count=$(find migrations -name '*.up.sql' | wc -l)
+for _ in $(seq "$count"); do "$api" migrate revert; done
 "$api" migrate revert
 after_revert=$(tables)
-echo "after revert: tables '${after_revert}'"
+echo "after $count reverts: tables '${after_revert}'"
 [ -z "$after_revert" ] || { echo "revert left tables: $after_revert" >&2; exit 1; }
 "$api" migrate
 second=$(schema)
