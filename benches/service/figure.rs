@@ -3,23 +3,25 @@
 
 use crate::wrk::Load;
 
-/// The Python original on the same machine kind (shared/PEER-FIGURES.md).
+/// The Python original on the same machine kind (shared/PEER-FIGURES.md): the figures of
+/// 2026-11-30 where that day re-measured them (compare against the figure of the day), those of
+/// 2026-11-29 for the rest.
 pub mod python {
-    /// `GET /health`, 1 uvicorn worker, access log off.
-    pub const HEALTH_RPS: f64 = 5835.0;
-    /// Its p99 (7.5–10 ms): the better end.
+    /// `GET /health`, 1 uvicorn worker, access log off (2026-11-30).
+    pub const HEALTH_RPS: f64 = 6407.0;
+    /// Its p99 (7.5–10 ms, 2026-11-29): the better end.
     pub const HEALTH_P99_MS: f64 = 7.5;
-    /// `POST /api/v1/enhancements`, 1 worker.
-    pub const POST_RPS: f64 = 271.0;
-    /// Its p99.
+    /// `POST /api/v1/enhancements`, 1 worker, access log off (2026-11-30).
+    pub const POST_RPS: f64 = 269.0;
+    /// Its p99 (2026-11-29).
     pub const POST_P99_MS: f64 = 213.0;
-    /// Celery prefork 4, placeholder enhancement jobs.
-    pub const DRAIN_JOBS_S: f64 = 187.0;
-    /// API start to first 200 from `/health/ready`.
-    pub const STARTUP_MS: f64 = 1110.0;
-    /// Idle RSS of the API (1 uvicorn worker).
-    pub const API_RSS_MIB: f64 = 97.0;
-    /// Idle RSS of the Celery worker (5 processes).
+    /// Celery prefork 4, 5,000 placeholder enhancement jobs (2026-11-30).
+    pub const DRAIN_JOBS_S: f64 = 253.0;
+    /// API start to first 200 from `/health/ready` (2026-11-30).
+    pub const STARTUP_MS: f64 = 1400.0;
+    /// Idle RSS of the API, 1 uvicorn worker (2026-11-30).
+    pub const API_RSS_MIB: f64 = 97.6;
+    /// Idle RSS of the Celery worker, 5 processes.
     pub const WORKER_RSS_MIB: f64 = 385.0;
     /// Python dependencies: 141 MB.
     pub const DEPS_MIB: f64 = 141.0e6 / 1_048_576.0;
