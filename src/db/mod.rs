@@ -96,6 +96,10 @@ pub fn connect_lazy(config: &DatabaseConfig) -> Result<PgPool, DbSetupError> {
         .min_connections(config.min_connections)
         .acquire_timeout(config.connect_timeout)
         .idle_timeout(Some(Duration::from_secs(600)))
+        // sqlx's default, said on purpose: a pooled connection is pinged before it is handed
+        // out, so after a PostgreSQL restart the dead ones are replaced instead of failing the
+        // first requests (contract section 9; hostile::the_first_requests_after_a_postgres_…).
+        .test_before_acquire(true)
         .connect_lazy_with(app_options(config)?))
 }
 

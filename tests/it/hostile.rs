@@ -17,8 +17,8 @@ use tokio::{
 };
 
 use crate::helpers::{
-    ApiProcess, OwnRedis, TEST_TOKEN, TestDb, assert_problem, closed_port, content_type,
-    eventually, queue_prefix, redis_pool, redis_url, test_vars, worker::Worker,
+    ApiProcess, Outage, OwnRedis, TEST_TOKEN, TestDb, assert_problem, closed_port, content_type,
+    eventually, host_port, queue_prefix, redis_pool, redis_url, test_vars, via, worker::Worker,
 };
 
 /// Variables of an API on a fresh database, with `extra` on top.
@@ -341,6 +341,59 @@ async fn the_first_requests_after_a_redis_restart_succeed() {
         .expect("request");
     println!(
         "after a Redis restart: {failed} of 20 POSTs failed; /health/ready {}",
+        ready.status()
+    );
+    assert_eq!(
+        failed, 0,
+        "stale pooled connections were handed to requests"
+    );
+    assert_eq!(ready.status(), 200);
+}
+
+/// The same after PostgreSQL goes away and comes back (every pooled connection cut, as a
+/// restart does, through a relay in front of the shared server): the pool replaces the dead
+/// connections instead of handing them to requests.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_first_requests_after_a_postgres_restart_succeed() {
+    let db = TestDb::new().await;
+    let relay = Outage::relay(&host_port(&db.app_url)).await;
+    let mut vars = test_vars(&via(&db.app_url, relay.addr), &redis_url(), &queue_prefix());
+    vars.insert("AI_AGENTS_DATABASE_POOL_SIZE".into(), "10".into());
+    let api = ApiProcess::start(vars).await;
+    let client = reqwest::Client::new();
+    api.create_tenant("acme").await;
+    let post = || {
+        authorised(
+            &client,
+            reqwest::Method::POST,
+            api.url("/api/v1/enhancements"),
+        )
+        .json(&json!({"tenant_id": "acme", "ticket_id": "INC-1"}))
+        .send()
+    };
+    // Every pooled connection opened: 20 requests at once on a pool of 10.
+    let warm = futures_util::future::join_all((0..20).map(|_| post())).await;
+    assert!(
+        warm.into_iter()
+            .all(|r| r.expect("request").status() == 202)
+    );
+
+    relay.down();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    relay.up();
+    let mut failed = 0;
+    for _ in 0..20 {
+        if post().await.expect("request").status() != 202 {
+            failed += 1;
+        }
+    }
+    let ready = client
+        .get(api.url("/health/ready"))
+        .send()
+        .await
+        .expect("request");
+    println!(
+        "after a PostgreSQL restart: {failed} of 20 POSTs failed; /health/ready {}",
         ready.status()
     );
     assert_eq!(
