@@ -403,6 +403,92 @@ async fn the_first_requests_after_a_postgres_restart_succeed() {
     assert_eq!(ready.status(), 200);
 }
 
+/// PostgreSQL frozen (stopped with SIGSTOP, as the API sees it: connections open, nothing
+/// answered). A frozen server cannot enforce its own `statement_timeout`, so only the request
+/// deadline bounds the requests: each ends by it with a problem+json 503, also those waiting
+/// for a pooled connection, while liveness answers at once. Once PostgreSQL thaws, with the
+/// abandoned statements' answers still arriving on the pooled connections, the first requests
+/// succeed.
+#[tokio::test]
+async fn requests_while_postgres_is_frozen_end_by_their_deadline_then_succeed() {
+    let db = TestDb::new().await;
+    let relay = Outage::relay(&host_port(&db.app_url)).await;
+    let mut vars = test_vars(&via(&db.app_url, relay.addr), &redis_url(), &queue_prefix());
+    for (name, value) in [
+        ("AI_AGENTS_DATABASE_POOL_SIZE", "4"),
+        ("AI_AGENTS_REQUEST_TIMEOUT_SECS", "3"),
+        ("AI_AGENTS_DATABASE_STATEMENT_TIMEOUT_MS", "2000"),
+        ("AI_AGENTS_DATABASE_LOCK_TIMEOUT_MS", "1000"),
+    ] {
+        vars.insert(name.into(), value.into());
+    }
+    let api = ApiProcess::start(vars).await;
+    let client = reqwest::Client::new();
+    api.create_tenant("acme").await;
+    let post = |ticket: String| {
+        authorised(
+            &client,
+            reqwest::Method::POST,
+            api.url("/api/v1/enhancements"),
+        )
+        .json(&json!({"tenant_id": "acme", "ticket_id": ticket}))
+        .send()
+    };
+
+    relay.freeze();
+    let started = Instant::now();
+    // Twice the pool: four wait inside PostgreSQL, four for a connection.
+    let frozen = futures_util::future::join_all((0..8).map(|i| async move {
+        let response = tokio::time::timeout(Duration::from_secs(10), post(format!("INC-F{i}")))
+            .await
+            .expect("no answer 10 s into a frozen PostgreSQL")
+            .expect("request");
+        (started.elapsed(), response)
+    }))
+    .await;
+    let live_started = Instant::now();
+    let live = client
+        .get(api.url("/health"))
+        .send()
+        .await
+        .expect("request");
+    let live_took = live_started.elapsed();
+    let slowest = frozen.iter().map(|(took, _)| *took).max().unwrap();
+    println!(
+        "PostgreSQL frozen: 8 POSTs answered {:?} within {slowest:.2?} (deadline 3 s); /health {} in {live_took:.2?}",
+        frozen
+            .iter()
+            .map(|(_, r)| r.status().as_u16())
+            .collect::<Vec<_>>(),
+        live.status(),
+    );
+    for (_, response) in frozen {
+        assert_problem(response, 503).await;
+    }
+    assert!(
+        slowest < Duration::from_secs(5),
+        "a request outlived its 3 s deadline by far: {slowest:?}"
+    );
+    assert_eq!(live.status(), 200);
+
+    relay.thaw();
+    let mut failed = Vec::new();
+    for i in 0..20 {
+        let status = post(format!("INC-T{i}")).await.expect("request").status();
+        if status != 202 {
+            failed.push(status.as_u16());
+        }
+    }
+    println!(
+        "after the thaw: {} of 20 POSTs failed {failed:?}",
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "requests failed after the thaw: {failed:?}"
+    );
+}
+
 #[tokio::test]
 async fn internal_servicedesk_urls_are_refused_unless_allowed() {
     const INTERNAL: &[&str] = &[

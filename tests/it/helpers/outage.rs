@@ -16,12 +16,14 @@ use tokio::{net::TcpListener, sync::watch};
 
 use super::{closed_port, eventually, signal};
 
-/// A TCP relay in front of a real server, which a test can cut to simulate an outage.
+/// A TCP relay in front of a real server, which a test can cut (an outage) or freeze (a server
+/// stopped with SIGSTOP, as its clients see it: connections stay open, nothing is answered).
 pub struct Outage {
     /// The relay's address.
     pub addr: SocketAddr,
     up: Arc<AtomicBool>,
     cut: watch::Sender<u64>,
+    frozen: watch::Sender<bool>,
 }
 
 impl Outage {
@@ -31,11 +33,12 @@ impl Outage {
         let addr = listener.local_addr().expect("addr");
         let up = Arc::new(AtomicBool::new(true));
         let (cut, _) = watch::channel(0_u64);
+        let (frozen, _) = watch::channel(false);
         let target = target.to_owned();
-        let (state, cuts) = (Arc::clone(&up), cut.clone());
+        let (state, cuts, freezes) = (Arc::clone(&up), cut.clone(), frozen.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
+                let Ok((inbound, _)) = listener.accept().await else {
                     return;
                 };
                 if !state.load(Ordering::SeqCst) {
@@ -44,18 +47,37 @@ impl Outage {
                 }
                 let target = target.clone();
                 let mut cut_rx = cuts.subscribe();
+                let (to_server, to_client) = (freezes.subscribe(), freezes.subscribe());
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(&target).await else {
                         return;
                     };
+                    let (client_read, client_write) = inbound.into_split();
+                    let (server_read, server_write) = outbound.into_split();
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        () = pump(client_read, server_write, to_server) => {}
+                        () = pump(server_read, client_write, to_client) => {}
                         _ = cut_rx.changed() => {}
                     }
                 });
             }
         });
-        Self { addr, up, cut }
+        Self {
+            addr,
+            up,
+            cut,
+            frozen,
+        }
+    }
+
+    /// Holds every byte in both directions, connections kept open (a SIGSTOPped server).
+    pub fn freeze(&self) {
+        self.frozen.send_replace(true);
+    }
+
+    /// Delivers what was held and relays again.
+    pub fn thaw(&self) {
+        self.frozen.send_replace(false);
     }
 
     /// Drops every relayed connection and refuses new ones.
@@ -67,6 +89,28 @@ impl Outage {
     /// Accepts connections again.
     pub fn up(&self) {
         self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to`, holding each chunk while `frozen` says so; ends when either side closes.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut frozen: watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0_u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if frozen.wait_for(|frozen| !frozen).await.is_err() {
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
     }
 }
 
