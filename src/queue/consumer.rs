@@ -355,6 +355,34 @@ impl Consumer {
         Ok(!(alive && (connected || !beat_overdue)))
     }
 
+    /// Puts back, one attempt further, this consumer's own entries pending longer than
+    /// `min_idle` that `is_held` says no task of this process holds: entries of a read whose
+    /// answer never arrived (it timed out here, yet Redis carried it out, e.g. after being
+    /// frozen), which would otherwise wait for the reclaim time. Returns how many went back.
+    pub async fn requeue_unheld(
+        &self,
+        min_idle: Duration,
+        is_held: impl Fn(&str) -> bool,
+    ) -> Result<u64, QueueError> {
+        let idle_ms = u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX);
+        let mut mine = redis::cmd("XPENDING");
+        mine.arg(&self.queue.keys().jobs)
+            .arg(GROUP)
+            .arg("IDLE")
+            .arg(idle_ms)
+            .arg("-")
+            .arg("+")
+            .arg(1000)
+            .arg(&self.name);
+        let mine: Vec<(String, String, u64, u64)> = self.queue.redis().query(&mine).await?;
+        let lost: Vec<String> = mine
+            .into_iter()
+            .map(|(id, ..)| id)
+            .filter(|id| !is_held(id))
+            .collect();
+        self.requeue(&self.name, &lost).await
+    }
+
     /// Puts back the jobs any worker has held longer than `reclaim_after`.
     async fn requeue_held_longer_than(&self, reclaim_after: Duration) -> Result<u64, QueueError> {
         let idle_ms = u64::try_from(reclaim_after.as_millis()).unwrap_or(u64::MAX);

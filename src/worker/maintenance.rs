@@ -66,7 +66,8 @@ pub(super) async fn run(shared: Arc<Shared>, shutdown: CancellationToken, stop: 
     }
 }
 
-/// Heartbeat and reclaim; failures are logged and tried again next time.
+/// Heartbeat, reclaim, and the entries of lost reads; failures are logged and tried again next
+/// time.
 pub(super) async fn heartbeat_and_reclaim(shared: &Shared) {
     let consumer = &shared.consumer;
     if let Err(e) = consumer.heartbeat().await {
@@ -80,5 +81,24 @@ pub(super) async fn heartbeat_and_reclaim(shared: &Shared) {
             "jobs of dead or silent workers put back in the queue"
         ),
         Err(e) => tracing::warn!(error = &e as &dyn std::error::Error, "reclaim failed"),
+    }
+    // A read that timed out here may still have been carried out by Redis (a frozen server
+    // runs what it was sent once it thaws): its entries are this consumer's, but no task has
+    // them. Past any read's bound they cannot belong to a read still under way.
+    let lost_after =
+        super::READ_BLOCK + consumer.queue().redis().timeout() + Duration::from_secs(1);
+    match consumer
+        .requeue_unheld(lost_after, |id| shared.holds(id))
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            count = n,
+            "jobs of a read whose answer was lost put back in the queue"
+        ),
+        Err(e) => tracing::warn!(
+            error = &e as &dyn std::error::Error,
+            "lost-read check failed"
+        ),
     }
 }

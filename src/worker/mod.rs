@@ -30,7 +30,8 @@ pub mod retry;
 pub mod sweeper;
 
 use std::{
-    sync::Arc,
+    collections::HashSet,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -75,6 +76,39 @@ struct Shared {
     policy: RetryPolicy,
     settings: WorkerConfig,
     grace: Duration,
+    /// Entry ids read by this process and not yet settled. A pending entry of this consumer
+    /// that is not here came from a read whose answer was lost (see `maintenance`).
+    held: Mutex<HashSet<String>>,
+}
+
+impl Shared {
+    /// Notes deliveries as held by this process.
+    fn hold(&self, deliveries: &[Delivery]) {
+        let mut held = self
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        held.extend(deliveries.iter().map(|d| d.entry_id.clone()));
+    }
+
+    /// Forgets deliveries this process is done with: settled, or left for a later redelivery.
+    fn release<'a>(&self, entry_ids: impl IntoIterator<Item = &'a str>) {
+        let mut held = self
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for id in entry_ids {
+            held.remove(id);
+        }
+    }
+
+    /// Whether this process holds the delivery of `entry_id`.
+    fn holds(&self, entry_id: &str) -> bool {
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(entry_id)
+    }
 }
 
 /// A built worker, ready to run.
@@ -112,6 +146,7 @@ impl Worker {
                 },
                 settings: config.worker.clone(),
                 grace: config.shutdown_grace,
+                held: Mutex::new(HashSet::new()),
             }),
         })
     }
@@ -243,6 +278,7 @@ async fn read(
         if deliveries.is_empty() {
             continue;
         }
+        shared.hold(&deliveries);
         // Slots beyond the jobs read return at once; the others travel with their jobs.
         free.truncate(deliveries.len());
         let read_at = tokio::time::Instant::now();
@@ -293,8 +329,9 @@ async fn process(
             }
             Next::Settle(delivery, settlement) => settle_now.push((delivery, settlement)),
             Next::GiveUp(taken, error) => {
-                if let Some(settlement) = batch::give_up(&shared.pool, &taken, &error).await {
-                    settle_now.push((taken.delivery, settlement));
+                match batch::give_up(&shared.pool, &taken, &error).await {
+                    Some(settlement) => settle_now.push((taken.delivery, settlement)),
+                    None => shared.release([taken.delivery.entry_id.as_str()]),
                 }
             }
         }
@@ -402,9 +439,13 @@ async fn record(shared: Arc<Shared>, mut done: mpsc::Receiver<Done>) {
         for (step, (kind, attempt, seconds)) in next.into_iter().zip(metrics) {
             let settlement = match step {
                 Next::Settle(delivery, settlement) => Some((delivery, settlement)),
-                Next::GiveUp(taken, error) => batch::give_up(&shared.pool, &taken, &error)
-                    .await
-                    .map(|settlement| (taken.delivery, settlement)),
+                Next::GiveUp(taken, error) => {
+                    let settlement = batch::give_up(&shared.pool, &taken, &error).await;
+                    if settlement.is_none() {
+                        shared.release([taken.delivery.entry_id.as_str()]);
+                    }
+                    settlement.map(|settlement| (taken.delivery, settlement))
+                }
                 Next::Run(_) => None,
             };
             if let Some((delivery, settlement)) = settlement {
@@ -417,7 +458,8 @@ async fn record(shared: Arc<Shared>, mut done: mpsc::Receiver<Done>) {
 }
 
 /// Settles deliveries, retrying while Redis is away; if it stays away, they remain in flight
-/// and are reclaimed later, which is safe because recording is idempotent and fenced.
+/// and are reclaimed later, which is safe because recording is idempotent and fenced. Either
+/// way this process is done with them.
 async fn settle(shared: &Shared, settlements: &[(Delivery, Settlement)]) {
     if settlements.is_empty() {
         return;
@@ -436,7 +478,8 @@ async fn settle(shared: &Shared, settlements: &[(Delivery, Settlement)]) {
             for ((delivery, _), mine) in settlements.iter().zip(mine) {
                 if !mine {
                     tracing::warn!(entry = %delivery.entry_id,
-                        "delivery was taken back before it was settled; another worker has it");
+                        "delivery was no longer this worker's when settled: taken back, or \
+                         settled by an earlier try whose answer was lost");
                 }
             }
         }
@@ -445,6 +488,7 @@ async fn settle(shared: &Shared, settlements: &[(Delivery, Settlement)]) {
             "cannot update the queue; the jobs will be redelivered"
         ),
     }
+    shared.release(settlements.iter().map(|(d, _)| d.entry_id.as_str()));
 }
 
 /// After the read loop: waits up to the grace period for the running batches and the

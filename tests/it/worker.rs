@@ -637,6 +637,63 @@ async fn postgres_outage_mid_drain_is_ridden_out() {
     assert_eq!(env.statuses().await.get("failed"), None);
 }
 
+/// Redis frozen (SIGSTOP) for 3 s in the middle of a drain: reads, settles and heartbeats
+/// hang, then time out; the worker must neither lose, double nor dead-letter a job, and
+/// finish the drain soon after Redis answers again, the entries of its lost reads included.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frozen_redis_mid_drain_is_ridden_out() {
+    const N: usize = 300;
+    let redis = OwnRedis::start().await;
+    let env = Env::on_redis(&redis.url()).await;
+    env.plan("*", 0, 20).await;
+    env.insert_and_enqueue(N).await;
+    // Commands time out after 1 s: the freeze outlasts them, so reads and settles fail and are
+    // retried (a freeze shorter than the timeout only delays them). A read that timed out is
+    // still carried out when Redis thaws; its entries must come back well before the reclaim
+    // time of 60 s.
+    let worker = Worker::start(&env.worker_vars(&[
+        ("AI_AGENTS_REDIS_POOL_TIMEOUT_SECS", "1"),
+        ("AI_AGENTS_WORKER_RECLAIM_AFTER_SECS", "60"),
+    ]));
+    assert!(
+        until_completed(&env, 40, Duration::from_secs(20)).await,
+        "{}",
+        worker.log()
+    );
+
+    redis.freeze();
+    let frozen_at = env.completed().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let done_at_thaw = env.completed().await;
+    redis.thaw();
+    let thawed = Instant::now();
+    assert!(
+        done_at_thaw < N as i64,
+        "the freeze came too late to matter"
+    );
+
+    assert!(
+        until_completed(&env, N as i64, Duration::from_secs(20)).await,
+        "{:?} {:?}\n{}",
+        env.statuses().await,
+        env.stats().await,
+        worker.log()
+    );
+    eprintln!(
+        "Redis frozen for 3 s: {frozen_at} of {N} done at the freeze, {done_at_thaw} at the \
+         thaw, all {N} {:.1?} after the thaw",
+        thawed.elapsed()
+    );
+    assert!(
+        until_idle(&env, 0, Duration::from_secs(15)).await,
+        "{:?}\n{}",
+        env.stats().await,
+        worker.log()
+    );
+    assert_all_completed_once(&env, N, &worker.log()).await;
+    assert_eq!(env.statuses().await.get("failed"), None);
+}
+
 // 8 ------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread")]
