@@ -91,6 +91,17 @@ wait_ready() {
   fail "/health/ready did not answer 200 within 300 s"
 }
 
+# printed PATTERN: whether up's output shows PATTERN within 10 s. up prints its banner once its
+# own poll sees the API serve (every 0.2 s), which may be a moment after this check saw it ready.
+printed() {
+  local i
+  for ((i = 0; i < 50; i++)); do
+    grep -q -- "$1" "$tmp/up.log" && return 0
+    sleep 0.2
+  done
+  return 1
+}
+
 # ctrl_c [services-stay]: SIGINT to up's process group; up must end with 130, and nothing
 # it started may remain — but the services with services-stay: they ran before it.
 ctrl_c() {
@@ -132,8 +143,8 @@ token=$(<"$state/admin-token")
   -d '{"tenant_id":"check","name":"Check","servicedesk_url":"https://desk.example.com",
        "servicedesk_api_key":"k","webhook_signing_secret":"s"}') == 201 ]] ||
   fail "creating a tenant with the printed development token did not answer 201"
-grep -q "http://localhost:$API_PORT/docs" "$tmp/up.log" || fail "up did not print the /docs URL"
-grep -q "Bearer $token" "$tmp/up.log" || fail "up did not print the development token"
+printed "http://localhost:$API_PORT/docs" || fail "up did not print the /docs URL"
+printed "Bearer $token" || fail "up did not print the development token"
 ctrl_c
 [[ -f $state/postgres/PG_VERSION ]] || fail "the data directory is gone after Ctrl-C"
 ok "Ctrl-C: status 130, no process left, data kept"
