@@ -4,6 +4,7 @@
 //! ```text
 //! cargo bench --bench service              full run (10 s per figure after a 3 s warm-up)
 //! cargo bench --bench service -- --smoke   a few seconds per figure (CI: runs, judges nothing)
+//! cargo bench --bench service -- --worker  the worker's figures only (drains, memory)
 //! ```
 //!
 //! What it does, in order (details and the figures of a real run: `docs/performance.md`):
@@ -125,7 +126,11 @@ async fn run(s: &Settings) -> Res<()> {
     let services = Services::start(s)?;
     progress(t, "building the release binaries");
     cargo_build(s, &["build", "--release", "--bins", "--locked"])?;
-    let musl = musl_binaries(s, t, &mut report);
+    let musl = if s.worker_only {
+        None
+    } else {
+        musl_binaries(s, t, &mut report)
+    };
 
     let run_id = Uuid::new_v4().simple().to_string()[..10].to_owned();
     let db_name = format!("ai_agents_bench_{run_id}");

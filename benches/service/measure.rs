@@ -67,6 +67,15 @@ impl Run<'_> {
 /// Measures everything but the binaries' sizes, into `report`.
 pub async fn measure(run: &Run<'_>, musl: Option<&Path>, report: &mut Report) -> Res<()> {
     let vars = prepare(run, report).await?;
+    if run.s.worker_only {
+        // The drains' tenant, made through the API as the HTTP phase would.
+        let (mut api, addr) = launch_api(run.s, &run.s.bin("ai-agents-api"), &vars, "api").await?;
+        create_tenant(addr).await?;
+        api.stop().await;
+        let (idle, loaded) = worker_figures(run, &vars, report).await?;
+        report.worker_memory(idle, loaded);
+        return Ok(());
+    }
     let http = http_figures(run, &vars, report).await?;
     if let Some(dir) = musl {
         musl_figures(run, dir, &vars, &http, report).await?;

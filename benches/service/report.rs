@@ -251,6 +251,11 @@ impl Report {
         );
         self.figures
             .push(Figure::new("api_peak_rss", api_loaded.hwm_mib, "MiB"));
+        self.worker_memory(worker_idle, worker_loaded);
+    }
+
+    /// The worker's memory, idle and after its last drain.
+    pub fn worker_memory(&mut self, worker_idle: Memory, worker_loaded: Option<Memory>) {
         self.figures.push(
             Figure::new("worker_rss_idle", worker_idle.rss_mib, "MiB")
                 .python(python::WORKER_RSS_MIB)

@@ -8,6 +8,9 @@ use crate::Res;
 pub struct Settings {
     /// `--smoke`: short runs, figures indicative only (CI runs this, judging nothing).
     pub smoke: bool,
+    /// `--worker`: only the worker's figures (its memory, the drains and their raw loops), for
+    /// tuning the worker without the HTTP phases and the static build.
+    pub worker_only: bool,
     /// Seconds each load figure is measured.
     pub duration: u32,
     /// Seconds of load before each measurement, discarded.
@@ -32,21 +35,23 @@ impl Settings {
     /// From the command line and the environment (see the crate documentation).
     pub fn from_args() -> Res<Self> {
         let mut smoke = false;
+        let mut worker_only = false;
         for arg in std::env::args().skip(1) {
             match arg.as_str() {
                 "--smoke" => smoke = true,
+                "--worker" => worker_only = true,
                 // cargo passes `--bench` to harness-less benches.
                 "--bench" => {}
                 "-h" | "--help" => {
                     println!(
-                        "usage: cargo bench --bench service [-- --smoke]\n\
+                        "usage: cargo bench --bench service [-- [--smoke] [--worker]]\n\
                          env: AI_AGENTS_BENCH_DEV_DIR, AI_AGENTS_BENCH_PG_PORT, \
                          AI_AGENTS_BENCH_REDIS_PORT, AI_AGENTS_PG_BIN, CARGO_TARGET_DIR"
                     );
                     std::process::exit(0);
                 }
                 other if other.starts_with('-') => {
-                    return Err(format!("unknown option {other} (try --smoke)").into());
+                    return Err(format!("unknown option {other} (try --smoke or --worker)").into());
                 }
                 _ => {} // a name filter from `cargo bench NAME`: there is only one benchmark
             }
@@ -71,6 +76,7 @@ impl Settings {
         };
         Ok(Self {
             smoke,
+            worker_only,
             duration: if smoke { 2 } else { 10 },
             warmup: if smoke { 1 } else { 3 },
             drain_jobs: if smoke { 2_000 } else { 10_000 },
