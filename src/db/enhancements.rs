@@ -3,18 +3,22 @@
 //! The worker's state changes are guarded by the current status and claim in the `WHERE`
 //! clause: a redelivered job can never move a finished enhancement again, and only the delivery
 //! that holds a row's claim can record its outcome. That is what makes the effect exactly-once
-//! although delivery is at-least-once. The worker's statements take a batch of rows each
-//! (arrays bound with `unnest`), so a batch costs one round trip, not one per job.
+//! although delivery is at-least-once. The worker's claim and record take a batch of rows of
+//! any tenants each (arrays bound to the calls of migration `20261201000001_worker_batch_calls`),
+//! so a batch costs one round trip, not one per job or per statement.
 
-use std::collections::HashMap;
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::scope::{CrossTenantTx, TenantTx};
-use crate::domain::{EnhancementStatus, TicketId};
+use crate::domain::{EnhancementStatus, TenantId, TicketId};
 
 /// An enhancement as stored.
 ///
@@ -214,6 +218,8 @@ async fn select_page(
 /// One delivery's request to claim its row (see [`claim`]).
 #[derive(Debug, Clone, Copy)]
 pub struct ClaimRequest<'a> {
+    /// The row's tenant: the claim is made in its scope.
+    pub tenant: &'a TenantId,
     /// The row.
     pub id: Uuid,
     /// The delivery's claim: its stream entry id.
@@ -230,60 +236,63 @@ pub enum ClaimOutcome {
     Claimed,
     /// The row is `completed` or `failed`: a redelivery, nothing to do.
     Finished,
-    /// No such row (deleted with its tenant, or its insert was undone): drop the job.
+    /// No such row in its tenant (deleted with the tenant, or its insert was undone): drop the
+    /// job.
     Missing,
     /// Another delivery holds the row (its claim given): run nothing unless that delivery is
     /// dead, then claim again with it as `takeover_from`.
     HeldBy(String),
 }
 
-/// Claims the rows of a batch of deliveries in one statement: a `pending` row, a `processing`
-/// row without a claim, or one whose claim is this delivery's or its `takeover_from`, moves to
-/// `processing` under the delivery's claim. Outcomes come back in request order; only when
-/// some row did not move does a second statement read why.
+/// Claims the rows of a batch of deliveries, of any tenants, with one prepared call of
+/// `claim_jobs` (migration `20261201000001_worker_batch_calls`): a `pending` row, a
+/// `processing` row without a claim, or one whose claim is this delivery's or its
+/// `takeover_from`, moves to `processing` under the delivery's claim, each in its tenant's
+/// scope. The call is its own transaction, whose commit does not wait for the disk; its lock
+/// waits, the only way a claim takes long, end after `lock_timeout` (error `55P03`), so
+/// nothing keeps waiting for a lock once the worker gave up. Outcomes come back in request
+/// order; only when some row did not move does a read, tenant by tenant, say why.
 pub async fn claim(
-    tx: &mut TenantTx,
+    pool: &PgPool,
     requests: &[ClaimRequest<'_>],
+    lock_timeout: Duration,
 ) -> Result<Vec<ClaimOutcome>, sqlx::Error> {
+    let tenants: Vec<&str> = requests.iter().map(|r| r.tenant.as_str()).collect();
     let ids: Vec<Uuid> = requests.iter().map(|r| r.id).collect();
     let claims: Vec<&str> = requests.iter().map(|r| r.claim).collect();
     let takeovers: Vec<Option<&str>> = requests.iter().map(|r| r.takeover_from).collect();
-    // A row another transaction is changing is waited for, then judged again on its new
-    // version (READ COMMITTED re-checks the WHERE clause): of two deliveries racing for one
-    // row, the second finds the first's claim and does not move it.
+    let lock_wait_ms = i32::try_from(lock_timeout.as_millis()).unwrap_or(i32::MAX);
     let moved: Vec<Uuid> = sqlx::query_scalar(
-        r"UPDATE enhancement_history e SET status = 'processing', claim = i.claim
-          FROM unnest($1::uuid[], $2::text[], $3::text[]) AS i(id, claim, takeover)
-          WHERE e.id = i.id
-            AND (e.status = 'pending'
-                 OR (e.status = 'processing'
-                     AND (e.claim IS NULL OR e.claim = i.claim OR e.claim = i.takeover)))
-          RETURNING e.id",
+        "SELECT id FROM claim_jobs($1::text[], $2::uuid[], $3::text[], $4::text[], $5) AS id",
     )
+    .bind(&tenants)
     .bind(&ids)
     .bind(&claims)
     .bind(&takeovers)
-    .fetch_all(tx.conn())
+    .bind(lock_wait_ms)
+    .fetch_all(pool)
     .await?;
     if moved.len() == requests.len() {
         return Ok(vec![ClaimOutcome::Claimed; requests.len()]);
     }
-    // The rare rest: why each was not moved.
-    let others: Vec<Uuid> = ids
-        .iter()
-        .filter(|id| !moved.contains(id))
-        .copied()
-        .collect();
-    let rows: Vec<(Uuid, String, Option<String>)> = sqlx::query_as(
-        "SELECT id, status::text, claim FROM enhancement_history WHERE id = ANY($1::uuid[])",
-    )
-    .bind(&others)
-    .fetch_all(tx.conn())
-    .await?;
-    let mut found: HashMap<Uuid, (EnhancementStatus, Option<String>)> =
-        HashMap::with_capacity(rows.len());
-    for (id, status, claim) in rows {
-        found.insert(id, (decode_status(&status)?, claim));
+    // The rare rest: why each was not moved, read in its tenant's scope.
+    let mut found: HashMap<Uuid, (EnhancementStatus, Option<String>)> = HashMap::new();
+    let mut others: BTreeMap<&TenantId, Vec<Uuid>> = BTreeMap::new();
+    for request in requests.iter().filter(|r| !moved.contains(&r.id)) {
+        others.entry(request.tenant).or_default().push(request.id);
+    }
+    for (tenant, ids) in others {
+        let mut tx = TenantTx::begin(pool, tenant).await?;
+        let rows: Vec<(Uuid, String, Option<String>)> = sqlx::query_as(
+            "SELECT id, status::text, claim FROM enhancement_history WHERE id = ANY($1::uuid[])",
+        )
+        .bind(&ids)
+        .fetch_all(tx.conn())
+        .await?;
+        tx.commit().await?;
+        for (id, status, claim) in rows {
+            found.insert(id, (decode_status(&status)?, claim));
+        }
     }
     Ok(requests
         .iter()
@@ -303,6 +312,8 @@ pub async fn claim(
 /// One job's result, to be recorded by [`complete`].
 #[derive(Debug, Clone)]
 pub struct Completion<'a> {
+    /// The row's tenant: the result is recorded in its scope.
+    pub tenant: &'a TenantId,
     /// The row.
     pub id: Uuid,
     /// The claim the job ran under.
@@ -315,13 +326,16 @@ pub struct Completion<'a> {
     pub llm_output: Option<&'a str>,
 }
 
-/// Marks `processing` rows `completed`, each only under its completion's claim, in one
-/// statement; for each completion (in order) whether it was recorded. False means the claim
-/// was lost (another delivery took the row over) or the row is gone or final.
+/// Marks `processing` rows of any tenants `completed`, each only under its completion's claim,
+/// with one prepared call of `complete_jobs` (its own transaction, whose commit waits for the
+/// disk: the deliveries are acknowledged after it); for each completion (in order) whether it
+/// was recorded. False means the claim was lost (another delivery took the row over) or the
+/// row is gone or final.
 pub async fn complete(
-    tx: &mut TenantTx,
+    pool: &PgPool,
     completions: &[Completion<'_>],
 ) -> Result<Vec<bool>, sqlx::Error> {
+    let tenants: Vec<&str> = completions.iter().map(|c| c.tenant.as_str()).collect();
     let ids: Vec<Uuid> = completions.iter().map(|c| c.id).collect();
     let claims: Vec<&str> = completions.iter().map(|c| c.claim).collect();
     let times: Vec<i32> = completions.iter().map(|c| c.processing_time_ms).collect();
@@ -331,20 +345,16 @@ pub async fn complete(
         .collect();
     let outputs: Vec<Option<&str>> = completions.iter().map(|c| c.llm_output).collect();
     let done: Vec<Uuid> = sqlx::query_scalar(
-        r"UPDATE enhancement_history e
-          SET status = 'completed', processing_time_ms = i.ms,
-              context_gathered = i.gathered::jsonb, llm_output = i.output, completed_at = now()
-          FROM unnest($1::uuid[], $2::text[], $3::int4[], $4::text[], $5::text[])
-               AS i(id, claim, ms, gathered, output)
-          WHERE e.id = i.id AND e.status = 'processing' AND e.claim = i.claim
-          RETURNING e.id",
+        "SELECT id FROM complete_jobs($1::text[], $2::uuid[], $3::text[], $4::int4[], \
+         $5::text[], $6::text[]) AS id",
     )
+    .bind(&tenants)
     .bind(&ids)
     .bind(&claims)
     .bind(&times)
     .bind(&gathered)
     .bind(&outputs)
-    .fetch_all(tx.conn())
+    .fetch_all(pool)
     .await?;
     Ok(ids.iter().map(|id| done.contains(id)).collect())
 }

@@ -57,7 +57,9 @@ fn sqlstate(code: &str) -> Failure {
         "57014" | "25P03" | "25P04" => Failure::TimedOut,
         // lock_not_available (lock_timeout), serialization_failure, deadlock_detected.
         "55P03" | "40001" | "40P01" => Failure::Contended,
-        "42P01" | "42703" => Failure::SchemaMissing,
+        // undefined_table, undefined_column, undefined_function (the worker's batch calls): the
+        // code is newer than the schema; migrations are on their way.
+        "42P01" | "42703" | "42883" => Failure::SchemaMissing,
         // Connection exceptions (08), insufficient resources (53), operator intervention such
         // as admin or crash shutdown and "cannot connect now" (57P0x).
         _ if code.starts_with("08") || code.starts_with("53") || code.starts_with("57P") => {
@@ -126,6 +128,7 @@ mod tests {
             ("57P01", Failure::Unavailable),
             ("53300", Failure::Unavailable),
             ("42P01", Failure::SchemaMissing),
+            ("42883", Failure::SchemaMissing),
             ("22P02", Failure::BadData),
             ("23505", Failure::Other),
         ] {

@@ -26,7 +26,7 @@ impl TenantTx {
     /// no parameters, so the tenant id is written as a literal: [`TenantId`] admits only
     /// `[a-z0-9_-]`, and `sql_literal` escapes it all the same.
     pub async fn begin(pool: &PgPool, tenant: &TenantId) -> Result<Self, sqlx::Error> {
-        Self::begin_as(pool, tenant, "").await
+        Self::begin_as(pool, tenant).await
     }
 
     /// Begins a transaction scoped to `tenant` on a connection taken under `slot`, which the
@@ -36,50 +36,14 @@ impl TenantTx {
         tenant: &TenantId,
         slot: TenantSlot,
     ) -> Result<Self, sqlx::Error> {
-        let mut tx = Self::begin_as(pool, tenant, "").await?;
+        let mut tx = Self::begin_as(pool, tenant).await?;
         tx._slot = Some(slot);
         Ok(tx)
     }
 
-    /// Begins a tenant-scoped transaction whose commit does not wait for the WAL to reach
-    /// disk (`synchronous_commit = off`, for this transaction only).
-    ///
-    /// Only for writes that may be lost in a database crash without harm because they are
-    /// redone anyway: the worker's `processing` mark, which a redelivered job sets again. It
-    /// saves a disk flush per job; a crash can lose at most the last few hundred milliseconds
-    /// of such commits, never corrupt anything, and never a synchronous commit after it.
-    pub async fn begin_unsynced(pool: &PgPool, tenant: &TenantId) -> Result<Self, sqlx::Error> {
-        Self::begin_as(pool, tenant, " SET LOCAL synchronous_commit = off;").await
-    }
-
-    /// [`TenantTx::begin_unsynced`] whose statements give up by themselves: with
-    /// `statement_timeout` and `lock_timeout` set for this transaction to the given bounds.
-    /// The server cancels a statement that runs out of time, so nothing keeps waiting for a
-    /// lock after the caller gave up on it (a dropped client-side future would leave the
-    /// statement running on the server until the lock came free).
-    pub async fn begin_unsynced_bounded(
-        pool: &PgPool,
-        tenant: &TenantId,
-        statement_timeout: std::time::Duration,
-        lock_timeout: std::time::Duration,
-    ) -> Result<Self, sqlx::Error> {
-        let ms = |d: std::time::Duration| d.as_millis().max(1);
-        let settings = format!(
-            " SET LOCAL synchronous_commit = off; SET LOCAL statement_timeout = {}; \
-             SET LOCAL lock_timeout = {};",
-            ms(statement_timeout),
-            ms(lock_timeout)
-        );
-        Self::begin_as(pool, tenant, &settings).await
-    }
-
-    async fn begin_as(
-        pool: &PgPool,
-        tenant: &TenantId,
-        settings: &str,
-    ) -> Result<Self, sqlx::Error> {
+    async fn begin_as(pool: &PgPool, tenant: &TenantId) -> Result<Self, sqlx::Error> {
         let statement = format!(
-            "BEGIN;{settings} SELECT set_config('app.current_tenant_id', {}, true)",
+            "BEGIN; SELECT set_config('app.current_tenant_id', {}, true)",
             sql_literal(tenant.as_str())
         );
         let tx = pool.begin_with(AssertSqlSafe(statement)).await?;

@@ -1,17 +1,16 @@
 //! The database side of a batch of deliveries: claiming their rows before the jobs run, and
-//! recording their results after, each in one transaction for the whole batch.
+//! recording their results after, each with one call for the whole batch.
 //!
 //! A batch is what one `XREADGROUP` returned (up to the free slots). Claiming moves every row to
-//! `processing` under its delivery's claim in one statement per tenant, in one transaction
-//! whose commit does not wait for the disk (a lost claim is redone by the redelivery). Recording
-//! marks the finished jobs `completed` in one statement per tenant, each only under its claim,
-//! in one transaction that does wait for the disk; the deliveries are acknowledged only after
-//! that commit, so a crash in between redelivers jobs whose rows are already final, which then
-//! change nothing. If a batch statement fails (one row can fail a whole statement), every
-//! delivery of the batch is handled on its own, concurrently, so one bad row affects only
-//! itself.
+//! `processing` under its delivery's claim, tenant by tenant, in one call (one round trip, one
+//! transaction) whose commit does not wait for the disk (a lost claim is redone by the
+//! redelivery). Recording marks the finished jobs `completed`, each only under its claim, in one
+//! call whose commit does wait for the disk; the deliveries are acknowledged only after that
+//! commit, so a crash in between redelivers jobs whose rows are already final, which then change
+//! nothing. If a batch call fails (one row can fail a whole statement), every delivery of the
+//! batch is handled on its own, concurrently, so one bad row affects only itself.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use futures_util::future::join_all;
@@ -52,22 +51,13 @@ pub enum Next {
     GiveUp(Taken, String),
 }
 
-/// How long claiming may take and how long its statements may wait.
-#[derive(Debug, Clone, Copy)]
-pub struct ClaimBounds {
-    /// Statement bound of the claim transaction.
-    pub statement_timeout: Duration,
-    /// Lock-wait bound of the claim transaction.
-    pub lock_timeout: Duration,
-}
-
-/// Decodes a batch and claims the rows of its enhancement jobs, each claim statement bounded
-/// by `bounds` on the server.
+/// Decodes a batch and claims the rows of its enhancement jobs, the claim's lock waits bounded
+/// by `lock_timeout` on the server.
 pub async fn start(
     pool: &sqlx::PgPool,
     consumer: &Consumer,
     policy: RetryPolicy,
-    bounds: ClaimBounds,
+    lock_timeout: Duration,
     deliveries: Vec<Delivery>,
 ) -> Vec<Next> {
     let mut next = Vec::with_capacity(deliveries.len());
@@ -99,7 +89,7 @@ pub async fn start(
             next.push(Next::Run(taken));
         }
     }
-    let claimed = claim_all(pool, consumer, bounds, &to_claim).await;
+    let claimed = claim_all(pool, consumer, lock_timeout, &to_claim).await;
     for (taken, outcome) in to_claim.into_iter().zip(claimed) {
         next.push(after_claim(taken, outcome, policy));
     }
@@ -156,37 +146,28 @@ pub fn failed(taken: Taken, error: JobError, policy: RetryPolicy) -> Next {
     }
 }
 
-/// Claims the rows of `batch`: one transaction, one statement per tenant; a delivery whose row
-/// another, dead delivery still holds takes it over. On a failed batch, each on its own.
+/// Claims the rows of `batch` in one call; a delivery whose row another, dead delivery still
+/// holds takes it over. On a failed batch, each on its own.
 async fn claim_all(
     pool: &sqlx::PgPool,
     consumer: &Consumer,
-    bounds: ClaimBounds,
+    lock_timeout: Duration,
     batch: &[Taken],
 ) -> Vec<Result<ClaimOutcome, JobError>> {
     if batch.is_empty() {
         return Vec::new();
     }
     let requests: Vec<ClaimRequest<'_>> = batch.iter().map(|t| request(t, None)).collect();
-    let mut outcomes = match claim_in_one(pool, bounds, batch, &requests).await {
+    let claim = |requests| claim_in_one(pool, lock_timeout, requests);
+    let mut outcomes = match claim(&requests).await {
         Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
         Err(e) if batch.len() > 1 => {
             tracing::warn!(error = %e, size = batch.len(), "claiming a batch failed; one by one");
-            join_all(
-                batch
-                    .iter()
-                    .zip(&requests)
-                    .map(|(taken, request)| async move {
-                        claim_in_one(
-                            pool,
-                            bounds,
-                            std::slice::from_ref(taken),
-                            std::slice::from_ref(request),
-                        )
-                        .await
-                        .map(|mut outcome| outcome.remove(0))
-                    }),
-            )
+            join_all(requests.iter().map(|request| async move {
+                claim(std::slice::from_ref(request))
+                    .await
+                    .map(|mut outcome| outcome.remove(0))
+            }))
             .await
         }
         Err(e) => vec![Err(e)],
@@ -214,72 +195,33 @@ async fn claim_all(
         }
         let taken = &batch[*i];
         let takeover = [request(taken, Some(holder))];
-        outcomes[*i] = claim_in_one(pool, bounds, std::slice::from_ref(taken), &takeover)
+        outcomes[*i] = claim_in_one(pool, lock_timeout, &takeover)
             .await
             .map(|mut outcome| outcome.remove(0));
     }
     outcomes
 }
 
+/// Claims `requests` in one call ([`enhancements::claim`]).
+async fn claim_in_one(
+    pool: &sqlx::PgPool,
+    lock_timeout: Duration,
+    requests: &[ClaimRequest<'_>],
+) -> Result<Vec<ClaimOutcome>, JobError> {
+    Ok(enhancements::claim(pool, requests, lock_timeout).await?)
+}
+
 fn request<'a>(taken: &'a Taken, takeover_from: Option<&'a str>) -> ClaimRequest<'a> {
-    let (id, _) = taken
+    let (id, tenant) = taken
         .row
         .as_ref()
         .expect("only enhancement jobs are claimed");
     ClaimRequest {
+        tenant,
         id: *id,
         claim: &taken.delivery.entry_id,
         takeover_from,
     }
-}
-
-/// One transaction claiming `requests` (parallel to `batch`), tenant by tenant.
-async fn claim_in_one(
-    pool: &sqlx::PgPool,
-    bounds: ClaimBounds,
-    batch: &[Taken],
-    requests: &[ClaimRequest<'_>],
-) -> Result<Vec<ClaimOutcome>, JobError> {
-    let by_tenant = group_by_tenant(batch);
-    let mut outcomes = vec![ClaimOutcome::Missing; batch.len()];
-    let mut tx: Option<TenantTx> = None;
-    for (tenant, indexes) in &by_tenant {
-        let tx = match &mut tx {
-            Some(tx) => {
-                tx.switch_to(tenant).await?;
-                tx
-            }
-            // The claim is redone by a redelivery if a crash loses it: no disk flush needed.
-            None => tx.insert(
-                TenantTx::begin_unsynced_bounded(
-                    pool,
-                    tenant,
-                    bounds.statement_timeout,
-                    bounds.lock_timeout,
-                )
-                .await?,
-            ),
-        };
-        let part: Vec<ClaimRequest<'_>> = indexes.iter().map(|&i| requests[i]).collect();
-        for (&i, outcome) in indexes.iter().zip(enhancements::claim(tx, &part).await?) {
-            outcomes[i] = outcome;
-        }
-    }
-    if let Some(tx) = tx {
-        tx.commit().await?;
-    }
-    Ok(outcomes)
-}
-
-/// Indexes of `batch` by tenant (sorted, so concurrent batches lock in the same order).
-fn group_by_tenant(batch: &[Taken]) -> BTreeMap<TenantId, Vec<usize>> {
-    let mut groups: BTreeMap<TenantId, Vec<usize>> = BTreeMap::new();
-    for (i, taken) in batch.iter().enumerate() {
-        if let Some((_, tenant)) = &taken.row {
-            groups.entry(tenant.clone()).or_default().push(i);
-        }
-    }
-    groups
 }
 
 /// A job that ran, with its result.
@@ -339,53 +281,34 @@ pub async fn record(
     next
 }
 
-/// One transaction marking `items` completed, tenant by tenant; whether each was recorded.
+/// One call marking `items` completed ([`enhancements::complete`]); whether each was recorded.
 async fn complete_in_one(
     pool: &sqlx::PgPool,
     items: &[(Taken, Output)],
 ) -> Result<Vec<bool>, JobError> {
-    let takens: Vec<Taken> = items.iter().map(|(t, _)| t.clone()).collect();
-    let by_tenant = group_by_tenant(&takens);
-    let mut recorded = vec![false; items.len()];
-    let mut tx: Option<TenantTx> = None;
-    for (tenant, indexes) in &by_tenant {
-        let tx = match &mut tx {
-            Some(tx) => {
-                tx.switch_to(tenant).await?;
-                tx
-            }
-            None => tx.insert(TenantTx::begin(pool, tenant).await?),
-        };
-        let part: Vec<Completion<'_>> = indexes
-            .iter()
-            .filter_map(|&i| {
-                let (taken, output) = &items[i];
-                let Output::Enhanced {
-                    context_gathered,
-                    llm_output,
-                    processing_time_ms,
-                } = output
-                else {
-                    return None;
-                };
-                let (id, _) = taken.row.as_ref()?;
-                Some(Completion {
-                    id: *id,
-                    claim: &taken.delivery.entry_id,
-                    processing_time_ms: *processing_time_ms,
-                    context_gathered,
-                    llm_output: llm_output.as_deref(),
-                })
+    let completions: Vec<Completion<'_>> = items
+        .iter()
+        .filter_map(|(taken, output)| {
+            let Output::Enhanced {
+                context_gathered,
+                llm_output,
+                processing_time_ms,
+            } = output
+            else {
+                return None;
+            };
+            let (id, tenant) = taken.row.as_ref()?;
+            Some(Completion {
+                tenant,
+                id: *id,
+                claim: &taken.delivery.entry_id,
+                processing_time_ms: *processing_time_ms,
+                context_gathered,
+                llm_output: llm_output.as_deref(),
             })
-            .collect();
-        for (&i, done) in indexes.iter().zip(enhancements::complete(tx, &part).await?) {
-            recorded[i] = done;
-        }
-    }
-    if let Some(tx) = tx {
-        tx.commit().await?;
-    }
-    Ok(recorded)
+        })
+        .collect();
+    Ok(enhancements::complete(pool, &completions).await?)
 }
 
 /// Marks the row of a job given up `failed` with `error`, under its claim, retrying while the

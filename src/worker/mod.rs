@@ -304,18 +304,16 @@ async fn process(
     mut free: Vec<OwnedSemaphorePermit>,
     done: mpsc::Sender<Done>,
 ) {
-    // Claiming counts against the hard limit; the server ends claim statements that would
-    // outlast it, so nothing keeps waiting for a lock once the attempt is given up.
+    // Claiming counts against the hard limit; the server ends a claim's lock waits (the only
+    // way it takes long) when they would outlast it, so nothing keeps waiting for a lock once
+    // the attempt is given up.
     let left = shared.settings.time_limit.saturating_sub(read_at.elapsed());
-    let bounds = batch::ClaimBounds {
-        statement_timeout: shared.session.statement_timeout.min(left),
-        lock_timeout: shared.session.lock_timeout.min(left),
-    };
+    let lock_timeout = shared.session.lock_timeout.min(left);
     let next = batch::start(
         &shared.pool,
         &shared.consumer,
         shared.policy,
-        bounds,
+        lock_timeout,
         deliveries,
     )
     .await;

@@ -115,7 +115,20 @@ async fn migrate_and_revert_subcommands() {
     .await
     .unwrap();
     assert_eq!(tables, 2);
-    // Each revert takes back the newest migration: first the job claims, then the schema.
+    // Each revert takes back the newest migration: first the worker's batch calls, then the
+    // job claims, then the schema.
+    let calls = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_proc WHERE proname IN ('claim_jobs', 'complete_jobs')",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    assert_eq!(calls().await, 2);
+    let Run { code, stderr, .. } = run(API, &["migrate", "revert"], &vars).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(calls().await, 0);
     let Run { code, stderr, .. } = run(API, &["migrate", "revert"], &vars).await;
     assert_eq!(code, 0, "{stderr}");
     let claims: i64 = sqlx::query_scalar(

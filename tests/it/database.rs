@@ -90,6 +90,7 @@ async fn migration_sql_is_safe_to_rerun_by_hand() {
     for up in [
         include_str!("../../migrations/20261125000001_initial_schema.up.sql"),
         include_str!("../../migrations/20261130000001_job_claims.up.sql"),
+        include_str!("../../migrations/20261201000001_worker_batch_calls.up.sql"),
     ] {
         sqlx::raw_sql(sqlx::AssertSqlSafe(up))
             .execute(&mut conn)
@@ -319,23 +320,28 @@ async fn tenant_scope_helper_sees_only_its_tenant() {
         enhancements::get(&mut tx, id).await.unwrap().is_none(),
         "B cannot read A's row by id"
     );
+    tx.commit().await.unwrap();
     let claim = enhancements::ClaimRequest {
+        tenant: &b,
         id,
         claim: "1-0",
         takeover_from: None,
     };
     assert_eq!(
-        enhancements::claim(&mut tx, &[claim]).await.unwrap(),
+        enhancements::claim(&pool, &[claim], std::time::Duration::from_secs(5))
+            .await
+            .unwrap(),
         vec![enhancements::ClaimOutcome::Missing],
         "B cannot claim A's row"
     );
-    tx.commit().await.unwrap();
 }
 
 /// Fencing: once a second delivery took a row over (the first presumed dead), the first can
-/// neither complete nor fail it; the second can.
+/// neither complete nor fail it; the second can, and its result is stored as given.
 #[tokio::test]
 async fn a_stale_claim_cannot_record_an_outcome() {
+    use std::time::Duration;
+
     use ai_agents::{
         db::{
             enhancements::{self, ClaimOutcome, ClaimRequest, Completion},
@@ -358,32 +364,176 @@ async fn a_stale_claim_cannot_record_an_outcome() {
     )
     .await
     .unwrap();
+    tx.commit().await.unwrap();
+    let wait = Duration::from_secs(5);
     let claim = |claim, takeover_from| ClaimRequest {
+        tenant: &a,
         id,
         claim,
         takeover_from,
     };
     assert_eq!(
-        enhancements::claim(&mut tx, &[claim("1-0", None)])
+        enhancements::claim(&pool, &[claim("1-0", None)], wait)
             .await
             .unwrap(),
         vec![ClaimOutcome::Claimed]
     );
     // A second delivery finds the row held; told the first is dead, it takes it over.
     assert_eq!(
-        enhancements::claim(&mut tx, &[claim("2-0", None)])
+        enhancements::claim(&pool, &[claim("2-0", None)], wait)
             .await
             .unwrap(),
         vec![ClaimOutcome::HeldBy("1-0".to_owned())]
     );
     assert_eq!(
-        enhancements::claim(&mut tx, &[claim("2-0", Some("1-0"))])
+        enhancements::claim(&pool, &[claim("2-0", Some("1-0"))], wait)
+            .await
+            .unwrap(),
+        vec![ClaimOutcome::Claimed]
+    );
+    let gathered = serde_json::json!({"note": "it's \\ done"});
+    let completion = |claim| Completion {
+        tenant: &a,
+        id,
+        claim,
+        processing_time_ms: 7,
+        context_gathered: &gathered,
+        llm_output: Some("l'output"),
+    };
+    assert_eq!(
+        enhancements::complete(&pool, &[completion("1-0")])
+            .await
+            .unwrap(),
+        vec![false],
+        "the stale claim completed the row"
+    );
+    let mut tx = TenantTx::begin(&pool, &a).await.unwrap();
+    assert!(
+        !enhancements::fail(&mut tx, id, "1-0", "stale")
+            .await
+            .unwrap(),
+        "the stale claim failed the row"
+    );
+    tx.commit().await.unwrap();
+    assert_eq!(
+        enhancements::complete(&pool, &[completion("2-0")])
+            .await
+            .unwrap(),
+        vec![true]
+    );
+    let mut tx = TenantTx::begin(&pool, &a).await.unwrap();
+    let row = enhancements::get(&mut tx, id).await.unwrap().unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        (
+            row.processing_time_ms,
+            row.context_gathered.as_ref(),
+            row.llm_output.as_deref()
+        ),
+        (Some(7), Some(&gathered), Some("l'output")),
+        "the result was not stored as given"
+    );
+    assert_eq!(
+        enhancements::claim(&pool, &[claim("3-0", Some("2-0"))], wait)
+            .await
+            .unwrap(),
+        vec![ClaimOutcome::Finished],
+        "a finished row is never claimed again"
+    );
+}
+
+/// The worker's batch calls (`claim_jobs`, `complete_jobs`): each request reaches only its own
+/// tenant's rows, a lock wait ends at the given bound and undoes the whole call, and the
+/// settings the calls make end with their transaction (the caller's scope comes back).
+#[tokio::test]
+async fn the_batch_calls_are_scoped_bounded_and_atomic() {
+    use std::time::{Duration, Instant};
+
+    use ai_agents::{
+        db::{
+            enhancements::{self, ClaimOutcome, ClaimRequest, Completion},
+            scope::TenantTx,
+        },
+        domain::{TenantId, TicketId},
+    };
+    let db = TestDb::new().await;
+    let mut owner = PgConnection::connect(&db.owner_url).await.unwrap();
+    insert_tenant(&mut owner, "tenant-a").await.unwrap();
+    insert_tenant(&mut owner, "tenant-b").await.unwrap();
+    let pool = db.app_pool().await;
+    let (a, b) = (
+        TenantId::parse("tenant-a").unwrap(),
+        TenantId::parse("tenant-b").unwrap(),
+    );
+    let mut rows = Vec::new();
+    for tenant in [&a, &b, &b] {
+        let id = uuid::Uuid::now_v7();
+        let mut tx = TenantTx::begin(&pool, tenant).await.unwrap();
+        enhancements::insert(
+            &mut tx,
+            id,
+            &TicketId::parse("T-1").unwrap(),
+            &serde_json::json!({}),
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        rows.push(id);
+    }
+    let (id_a, id_b, id_b2) = (rows[0], rows[1], rows[2]);
+    let state = |tenant: &'static str, id: uuid::Uuid| {
+        let url = db.owner_url.clone();
+        async move {
+            let mut owner = PgConnection::connect(&url).await.unwrap();
+            let mut tx = owner.begin().await.unwrap();
+            sqlx::query("SELECT set_config('app.current_tenant_id', $1, true)")
+                .bind(tenant)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            sqlx::query_as::<_, (String, Option<String>)>(
+                "SELECT status::text, claim FROM enhancement_history WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap()
+        }
+    };
+    let request = |tenant, id, claim| ClaimRequest {
+        tenant,
+        id,
+        claim,
+        takeover_from: None,
+    };
+    let wait = Duration::from_secs(5);
+
+    // A's row asked for in B's name does not move; B's own does.
+    assert_eq!(
+        enhancements::claim(
+            &pool,
+            &[request(&b, id_a, "1-0"), request(&b, id_b, "1-1")],
+            wait
+        )
+        .await
+        .unwrap(),
+        vec![ClaimOutcome::Missing, ClaimOutcome::Claimed]
+    );
+    assert_eq!(state("tenant-a", id_a).await, ("pending".to_owned(), None));
+    assert_eq!(
+        state("tenant-b", id_b).await,
+        ("processing".to_owned(), Some("1-1".to_owned()))
+    );
+    // Nor can B's name complete it, even under the right claim.
+    assert_eq!(
+        enhancements::claim(&pool, &[request(&a, id_a, "1-0")], wait)
             .await
             .unwrap(),
         vec![ClaimOutcome::Claimed]
     );
     let gathered = serde_json::json!({});
-    let completion = |claim| Completion {
+    let completion = |tenant, id, claim| Completion {
+        tenant,
         id,
         claim,
         processing_time_ms: 1,
@@ -391,30 +541,103 @@ async fn a_stale_claim_cannot_record_an_outcome() {
         llm_output: None,
     };
     assert_eq!(
-        enhancements::complete(&mut tx, &[completion("1-0")])
-            .await
-            .unwrap(),
-        vec![false],
-        "the stale claim completed the row"
+        enhancements::complete(
+            &pool,
+            &[completion(&b, id_a, "1-0"), completion(&b, id_b, "1-1")]
+        )
+        .await
+        .unwrap(),
+        vec![false, true]
     );
+    assert_eq!(
+        state("tenant-a", id_a).await,
+        ("processing".to_owned(), Some("1-0".to_owned()))
+    );
+
+    // Two tenants in one call, B's row locked elsewhere: the call ends with the lock error at
+    // its own bound (not the session's five seconds), and A's claim is undone with it.
+    let mut locker = PgConnection::connect(&db.owner_url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut locker).await.unwrap();
+    sqlx::query("SELECT set_config('app.current_tenant_id', 'tenant-b', true)")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    let locked = sqlx::query("SELECT 1 FROM enhancement_history WHERE id = $1 FOR UPDATE")
+        .bind(id_b2)
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    assert_eq!(locked.rows_affected(), 1, "B's row was not locked");
+    let started = Instant::now();
+    let failed = enhancements::claim(
+        &pool,
+        &[
+            ClaimRequest {
+                tenant: &a,
+                id: id_a,
+                claim: "2-0",
+                takeover_from: Some("1-0"),
+            },
+            request(&b, id_b2, "2-1"),
+        ],
+        Duration::from_millis(200),
+    )
+    .await
+    .expect_err("the claim went through a locked row");
+    let waited = started.elapsed();
+    let code = failed
+        .as_database_error()
+        .and_then(|e| e.code())
+        .map(|c| c.into_owned());
+    assert_eq!(code.as_deref(), Some("55P03"), "{failed}");
     assert!(
-        !enhancements::fail(&mut tx, id, "1-0", "stale")
-            .await
-            .unwrap(),
-        "the stale claim failed the row"
+        waited < Duration::from_secs(2),
+        "the lock wait took {waited:?}"
     );
+    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
     assert_eq!(
-        enhancements::complete(&mut tx, &[completion("2-0")])
-            .await
-            .unwrap(),
-        vec![true]
+        state("tenant-a", id_a).await,
+        ("processing".to_owned(), Some("1-0".to_owned())),
+        "the failed call left A's new claim behind"
     );
+
+    // The calls' settings last as long as their transaction; inside a caller's transaction,
+    // the caller's scope comes back after the call.
+    let mut app = PgConnection::connect(&db.app_url).await.unwrap();
+    let defaults = "SELECT current_setting('lock_timeout'), current_setting('synchronous_commit'), \
+                    coalesce(current_setting('app.current_tenant_id', true), '')";
+    let before: (String, String, String) =
+        sqlx::query_as(defaults).fetch_one(&mut app).await.unwrap();
+    let claimed: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT id FROM claim_jobs(ARRAY['tenant-b'], $1, ARRAY['3-0'], ARRAY[NULL], 100) AS id",
+    )
+    .bind(vec![id_b2])
+    .fetch_all(&mut app)
+    .await
+    .unwrap();
+    assert_eq!(claimed, vec![id_b2]);
+    let after: (String, String, String) =
+        sqlx::query_as(defaults).fetch_one(&mut app).await.unwrap();
+    assert_eq!(after, before, "the call's settings outlived it");
+    let mut tx = app.begin().await.unwrap();
+    sqlx::query("SELECT set_config('app.current_tenant_id', 'tenant-a', true)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let _: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT id FROM claim_jobs(ARRAY['tenant-b'], $1, ARRAY['3-0'], ARRAY[NULL], 100) AS id",
+    )
+    .bind(vec![id_b2])
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    let scope: String = sqlx::query_scalar("SELECT current_setting('app.current_tenant_id')")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
     assert_eq!(
-        enhancements::claim(&mut tx, &[claim("3-0", Some("2-0"))])
-            .await
-            .unwrap(),
-        vec![ClaimOutcome::Finished],
-        "a finished row is never claimed again"
+        scope, "tenant-a",
+        "the call did not give the caller its scope back"
     );
-    tx.commit().await.unwrap();
+    tx.rollback().await.unwrap();
 }
