@@ -347,11 +347,12 @@ async fn process(
         // The slots of jobs that finish together come back together, so the read loop takes
         // one batch for them all rather than one per slot (a batch of one costs a read and a
         // claim like a batch of four).
-        while let Some(mut slots) = runs.next().await {
+        while let Some(slot) = runs.next().await {
+            let mut slots = vec![slot];
             while let Some(Some(slot)) = runs.next().now_or_never() {
-                slots.merge(slot);
+                slots.push(slot);
             }
-            drop(slots);
+            release_together(slots);
         }
     };
     tokio::join!(settling, running);

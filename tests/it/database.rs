@@ -347,24 +347,14 @@ async fn a_stale_claim_cannot_record_an_outcome() {
             enhancements::{self, ClaimOutcome, ClaimRequest, Completion},
             scope::TenantTx,
         },
-        domain::{TenantId, TicketId},
+        domain::TenantId,
     };
     let db = TestDb::new().await;
     let mut owner = PgConnection::connect(&db.owner_url).await.unwrap();
     insert_tenant(&mut owner, "tenant-a").await.unwrap();
     let pool = db.app_pool().await;
     let a = TenantId::parse("tenant-a").unwrap();
-    let id = uuid::Uuid::now_v7();
-    let mut tx = TenantTx::begin(&pool, &a).await.unwrap();
-    enhancements::insert(
-        &mut tx,
-        id,
-        &TicketId::parse("T-1").unwrap(),
-        &serde_json::json!({}),
-    )
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
+    let id = insert_pending(&pool, &a).await;
     let wait = Duration::from_secs(5);
     let claim = |claim, takeover_from| ClaimRequest {
         tenant: &a,
@@ -450,11 +440,8 @@ async fn the_batch_calls_are_scoped_bounded_and_atomic() {
     use std::time::{Duration, Instant};
 
     use ai_agents::{
-        db::{
-            enhancements::{self, ClaimOutcome, ClaimRequest, Completion},
-            scope::TenantTx,
-        },
-        domain::{TenantId, TicketId},
+        db::enhancements::{self, ClaimOutcome, ClaimRequest, Completion},
+        domain::TenantId,
     };
     let db = TestDb::new().await;
     let mut owner = PgConnection::connect(&db.owner_url).await.unwrap();
@@ -465,22 +452,11 @@ async fn the_batch_calls_are_scoped_bounded_and_atomic() {
         TenantId::parse("tenant-a").unwrap(),
         TenantId::parse("tenant-b").unwrap(),
     );
-    let mut rows = Vec::new();
-    for tenant in [&a, &b, &b] {
-        let id = uuid::Uuid::now_v7();
-        let mut tx = TenantTx::begin(&pool, tenant).await.unwrap();
-        enhancements::insert(
-            &mut tx,
-            id,
-            &TicketId::parse("T-1").unwrap(),
-            &serde_json::json!({}),
-        )
-        .await
-        .unwrap();
-        tx.commit().await.unwrap();
-        rows.push(id);
-    }
-    let (id_a, id_b, id_b2) = (rows[0], rows[1], rows[2]);
+    let (id_a, id_b, id_b2) = (
+        insert_pending(&pool, &a).await,
+        insert_pending(&pool, &b).await,
+        insert_pending(&pool, &b).await,
+    );
     let state = |tenant: &'static str, id: uuid::Uuid| {
         let url = db.owner_url.clone();
         async move {
@@ -640,4 +616,21 @@ async fn the_batch_calls_are_scoped_bounded_and_atomic() {
         "the call did not give the caller its scope back"
     );
     tx.rollback().await.unwrap();
+}
+
+/// A committed `pending` enhancement row of `tenant`, as the API stores one; its id.
+async fn insert_pending(pool: &sqlx::PgPool, tenant: &ai_agents::domain::TenantId) -> uuid::Uuid {
+    use ai_agents::{db::enhancements, db::scope::TenantTx, domain::TicketId};
+    let id = uuid::Uuid::now_v7();
+    let mut tx = TenantTx::begin(pool, tenant).await.unwrap();
+    enhancements::insert(
+        &mut tx,
+        id,
+        &TicketId::parse("T-1").unwrap(),
+        &serde_json::json!({}),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    id
 }
