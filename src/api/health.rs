@@ -4,7 +4,7 @@
 //! never gets a healthy pod restarted. `/health/ready` checks PostgreSQL and Redis at the same
 //! time, each bounded by [`CHECK_LIMIT`], and answers 503 when either is down, so a load
 //! balancer stops sending traffic without the probe ever hanging. The database check uses a
-//! connection of its own ([`crate::db::probe_pool`]): a request pool saturated by traffic (or
+//! connection of its own ([`crate::db::probe`]): a request pool saturated by traffic (or
 //! by requests stuck behind a locked row) is busy, not down, and must not take every replica
 //! out of service at once.
 //!
@@ -128,7 +128,7 @@ impl HealthApi {
     #[oai(path = "/health/ready", method = "get", operation_id = "health_ready")]
     async fn ready(&self) -> ReadyResponse {
         let (database, redis) = tokio::join!(
-            crate::db::ping(&self.state.probe, CHECK_LIMIT),
+            self.state.probe.answers(CHECK_LIMIT),
             self.state.queue.redis().ping(CHECK_LIMIT),
         );
         let body = Readiness {

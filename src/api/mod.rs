@@ -94,7 +94,7 @@ impl Application {
             ..config.database.clone()
         };
         let pool = db::connect_lazy(&request_db)?;
-        let probe = db::probe_pool(&config.database, health::CHECK_LIMIT)?;
+        let probe = Arc::new(db::probe::Probe::new(&config.database)?);
         let redis = RedisPool::new(&config.redis).map_err(StartupError::Redis)?;
         let queue = Queue::new(redis, &config.redis.queue_prefix);
         if let Err(e) = queue.ensure_group().await {
@@ -126,6 +126,7 @@ impl Application {
                 )),
                 pool,
                 probe,
+                answer_within: config.database.session_limits.answer_within(),
                 allow_internal_urls: config.allow_internal_urls,
                 queue,
                 keyring: Arc::new(keyring),

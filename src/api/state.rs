@@ -1,6 +1,6 @@
 //! What every handler shares: the pools, the queue, the keyring and the deployment's policies.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use sqlx::PgPool;
 
@@ -18,10 +18,14 @@ use crate::{
 pub struct AppState {
     /// PostgreSQL pool of the requests.
     pub pool: PgPool,
-    /// One connection of its own for the readiness probe ([`db::probe_pool`]).
-    pub probe: PgPool,
+    /// One connection of its own for the readiness probe ([`db::probe`]).
+    pub probe: Arc<db::probe::Probe>,
     /// The per-tenant share of `pool` ([`db::slots`]).
     pub slots: Arc<db::slots::TenantSlots>,
+    /// How long a statement's answer may take on this side
+    /// ([`SessionLimits::answer_within`](crate::config::SessionLimits::answer_within)), for
+    /// work that no request deadline ends.
+    pub answer_within: Duration,
     /// Whether service-desk URLs may name internal hosts (`AI_AGENTS_ALLOW_INTERNAL_URLS`).
     pub allow_internal_urls: bool,
     /// The job queue.
@@ -44,6 +48,7 @@ impl AppState {
             pool: self.pool.clone(),
             slots: Arc::clone(&self.slots),
             queue: self.queue.clone(),
+            answer_within: self.answer_within,
         }
     }
 

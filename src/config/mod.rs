@@ -131,6 +131,19 @@ pub struct SessionLimits {
     pub idle_in_transaction_timeout: Duration,
 }
 
+/// What the client adds to `statement_timeout` before it calls a connection stuck.
+const ANSWER_MARGIN: Duration = Duration::from_secs(1);
+
+impl SessionLimits {
+    /// How long the client waits for one statement's answer. A live server ends every
+    /// statement by `statement_timeout`, so a connection silent past that and a margin is
+    /// stuck (a frozen server, a failover whose old connections neither answer nor reset) and
+    /// would otherwise hang its caller until the kernel gives up on it, about 15 minutes.
+    pub fn answer_within(&self) -> Duration {
+        self.statement_timeout + ANSWER_MARGIN
+    }
+}
+
 /// Redis client settings.
 #[derive(Clone)]
 pub struct RedisConfig {
@@ -279,6 +292,16 @@ mod tests {
     use secrecy::ExposeSecret;
 
     use super::*;
+
+    #[test]
+    fn a_statement_answer_is_awaited_one_second_past_the_server_bound() {
+        let limits = SessionLimits {
+            statement_timeout: Duration::from_millis(1_500),
+            lock_timeout: Duration::from_millis(500),
+            idle_in_transaction_timeout: Duration::from_secs(10),
+        };
+        assert_eq!(limits.answer_within(), Duration::from_millis(2_500));
+    }
 
     fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs

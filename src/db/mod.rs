@@ -7,6 +7,7 @@
 
 pub mod enhancements;
 pub mod errors;
+pub mod probe;
 pub mod scope;
 pub mod slots;
 pub mod tenants;
@@ -95,7 +96,7 @@ const RECENTLY_CHECKED: Duration = Duration::from_millis(100);
 /// Builds the application pool without connecting; connections open on first use, each with
 /// the session limits of `config`.
 pub fn connect_lazy(config: &DatabaseConfig) -> Result<PgPool, DbSetupError> {
-    Ok(PgPoolOptions::new()
+    let options = PgPoolOptions::new()
         .max_connections(config.pool_size)
         .min_connections(config.min_connections)
         .acquire_timeout(config.connect_timeout)
@@ -114,8 +115,50 @@ pub fn connect_lazy(config: &DatabaseConfig) -> Result<PgPool, DbSetupError> {
                 }
                 Ok(true)
             })
+        });
+    Ok(
+        closing_silent_connections(options, config.session_limits.answer_within())
+            .connect_lazy_with(app_options(config)?),
+    )
+}
+
+/// `options` with a bounded check of every connection that comes back to the pool.
+///
+/// sqlx pings each returning connection and waits for that ping without a bound. A connection
+/// whose caller gave up mid-statement on a frozen server, or after a failover, never answers
+/// it: it would stay out of the pool, counted against its size, for as long as the kernel keeps
+/// the socket (about 15 minutes), and once every connection is stuck so, nobody gets one.
+/// Pinged here first, within `limit` (the time a live server needs to end any statement), such
+/// a connection is closed and replaced.
+fn closing_silent_connections(options: PgPoolOptions, limit: Duration) -> PgPoolOptions {
+    options.after_release(move |conn, _| {
+        Box::pin(async move {
+            within(limit, conn.ping()).await?;
+            Ok(true)
         })
-        .connect_lazy_with(app_options(config)?))
+    })
+}
+
+/// `work` (statements on the application pool) bounded on the client's side by `limit`,
+/// normally [`SessionLimits::answer_within`](crate::config::SessionLimits::answer_within). A
+/// frozen server cannot enforce its own `statement_timeout`, and the connections of a server
+/// that failed over may neither answer nor reset: without this bound, a caller that nothing
+/// else bounds (the worker) would wait for them for good. Past it, `work` is dropped (its
+/// connection is then closed on its return to the pool, see [`connect_lazy`]) and the error is
+/// an I/O time-out, which callers treat as the outage it is.
+pub async fn within<T, E: From<sqlx::Error>>(
+    limit: Duration,
+    work: impl Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+        Err(E::from(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "the database did not answer within {} ms",
+                limit.as_millis()
+            ),
+        ))))
+    })
 }
 
 /// A pool for applying or reverting migrations: without the statement and lock bounds, which
@@ -126,20 +169,6 @@ pub fn connect_for_migrations(config: &DatabaseConfig) -> Result<PgPool, DbSetup
         .min_connections(0)
         .acquire_timeout(config.connect_timeout)
         .connect_lazy_with(base_options(config)?))
-}
-
-/// A pool of one connection for the readiness probe, separate from the request pool.
-///
-/// A probe that queued behind request traffic would call a saturated pool an outage and take
-/// every replica out of service at once, the moment load is highest. This one waits for no
-/// one: it answers "disconnected" only when the database cannot be reached within `limit`.
-pub fn probe_pool(config: &DatabaseConfig, limit: Duration) -> Result<PgPool, DbSetupError> {
-    Ok(PgPoolOptions::new()
-        .max_connections(1)
-        .min_connections(0)
-        .acquire_timeout(limit)
-        .idle_timeout(Some(Duration::from_secs(600)))
-        .connect_lazy_with(app_options(config)?))
 }
 
 /// Opens one connection, for the maintenance subcommands (`migrate`, `migrate revert`).
@@ -221,10 +250,29 @@ where
     Ok(Some(last))
 }
 
-/// Whether the database answers, bounded by `limit`.
-pub async fn ping(pool: &PgPool, limit: Duration) -> bool {
-    matches!(
-        tokio::time::timeout(limit, sqlx::query("SELECT 1").execute(pool)).await,
-        Ok(Ok(_))
-    )
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unanswered_call_ends_at_its_bound_as_a_transient_io_error() {
+        let started = tokio::time::Instant::now();
+        let never = std::future::pending::<Result<(), sqlx::Error>>();
+        let error = within(Duration::from_millis(25), never)
+            .await
+            .expect_err("no answer");
+        assert!(started.elapsed() >= Duration::from_millis(25));
+        assert!(
+            matches!(&error, sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::TimedOut),
+            "{error:?}"
+        );
+        assert!(is_transient(&error), "an unanswered call is retried");
+        assert!(error.to_string().contains("did not answer within 25 ms"));
+    }
+
+    #[tokio::test]
+    async fn an_answered_call_passes_through() {
+        let answered = within(Duration::from_secs(1), async { Ok::<_, sqlx::Error>(7) }).await;
+        assert_eq!(answered.expect("answer"), 7);
+    }
 }

@@ -6,9 +6,14 @@
 //! process dies between the two writes, which the worker's orphan sweep repairs (see
 //! docs/architecture.md). The step runs in a task of its own: once the row is committed, the
 //! job is queued (or the row taken back) even if the caller goes away meanwhile — a client that
-//! hangs up, a request deadline that fires.
+//! hangs up, a request deadline that fires. Each of its steps is bounded all the same (taking
+//! a connection by the pool's wait, each statement by
+//! [`SessionLimits::answer_within`](crate::config::SessionLimits::answer_within)): after a
+//! failover, a statement on one of the old server's connections is never answered, and the
+//! task would hold that connection and the tenant's slot for good. A commit whose answer is
+//! lost so may still have happened: the row then has no job, which the orphan sweep repairs.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use serde_json::Value;
 use sqlx::PgPool;
@@ -16,7 +21,7 @@ use uuid::Uuid;
 
 use crate::{
     db::{
-        ResultExt,
+        self, ResultExt,
         enhancements::{self, EnhancementRow},
         scope::TenantTx,
         slots::{SlotsBusy, TenantSlots},
@@ -75,6 +80,8 @@ pub struct Enhancements {
     pub slots: Arc<TenantSlots>,
     /// The job queue.
     pub queue: Queue,
+    /// How long a statement's answer may take (see the module doc).
+    pub answer_within: Duration,
 }
 
 impl Enhancements {
@@ -94,13 +101,15 @@ impl Enhancements {
         } = new;
         let id = Uuid::now_v7();
         let slot = self.slots.acquire(&tenant).await?;
-        let mut tx = TenantTx::begin_in_slot(&self.pool, &tenant, slot).await?;
-        let row = enhancements::insert(&mut tx, id, &ticket, &context)
+        let (connect, answer) = self.bounds();
+        let mut tx =
+            db::within(connect, TenantTx::begin_in_slot(&self.pool, &tenant, slot)).await?;
+        let row = db::within(answer, enhancements::insert(&mut tx, id, &ticket, &context))
             .await
             .on_constraint(enhancements::TENANT_FK, || {
                 RequestError::UnknownTenant(tenant.clone())
             })?;
-        tx.commit().await?;
+        db::within(answer, tx.commit()).await?;
 
         let job = Job::new(JobKind::Enhancement {
             enhancement_id: id,
@@ -113,13 +122,21 @@ impl Enhancements {
         Ok(row)
     }
 
+    /// The bounds of a transaction's steps: its start (a connection, then `BEGIN`) and each
+    /// statement after it.
+    fn bounds(&self) -> (Duration, Duration) {
+        let answer = self.answer_within;
+        (self.pool.options().get_acquire_timeout() + answer, answer)
+    }
+
     /// No row without a job: deletes the row whose job was not queued. It takes no slot of the
     /// tenant's share: an undo must not be refused because the tenant is busy.
     async fn take_back(&self, tenant: &TenantId, id: Uuid) {
+        let (connect, answer) = self.bounds();
         let undo = async {
-            let mut tx = TenantTx::begin(&self.pool, tenant).await?;
-            enhancements::delete(&mut tx, id).await?;
-            tx.commit().await
+            let mut tx = db::within(connect, TenantTx::begin(&self.pool, tenant)).await?;
+            db::within(answer, enhancements::delete(&mut tx, id)).await?;
+            db::within(answer, tx.commit()).await
         };
         if let Err(undo_error) = undo.await {
             tracing::error!(

@@ -22,6 +22,7 @@ use super::{
 };
 use crate::{
     db::{
+        self,
         enhancements::{self, ClaimOutcome, ClaimRequest, Completion},
         scope::TenantTx,
     },
@@ -51,13 +52,22 @@ pub enum Next {
     GiveUp(Taken, String),
 }
 
-/// Decodes a batch and claims the rows of its enhancement jobs, the claim's lock waits bounded
-/// by `lock_timeout` on the server.
+/// How long claiming may take.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimBounds {
+    /// Lock waits, ended by the server: the time left before the hard limit, at most the
+    /// session's `lock_timeout`.
+    pub lock_wait: Duration,
+    /// Each call, ended on this side ([`db::within`]): a frozen server ends nothing.
+    pub answer_within: Duration,
+}
+
+/// Decodes a batch and claims the rows of its enhancement jobs within `bounds`.
 pub async fn start(
     pool: &sqlx::PgPool,
     consumer: &Consumer,
     policy: RetryPolicy,
-    lock_timeout: Duration,
+    bounds: ClaimBounds,
     deliveries: Vec<Delivery>,
 ) -> Vec<Next> {
     let mut next = Vec::with_capacity(deliveries.len());
@@ -89,7 +99,7 @@ pub async fn start(
             next.push(Next::Run(taken));
         }
     }
-    let claimed = claim_all(pool, consumer, lock_timeout, &to_claim).await;
+    let claimed = claim_all(pool, consumer, bounds, &to_claim).await;
     for (taken, outcome) in to_claim.into_iter().zip(claimed) {
         next.push(after_claim(taken, outcome, policy));
     }
@@ -151,14 +161,14 @@ pub fn failed(taken: Taken, error: JobError, policy: RetryPolicy) -> Next {
 async fn claim_all(
     pool: &sqlx::PgPool,
     consumer: &Consumer,
-    lock_timeout: Duration,
+    bounds: ClaimBounds,
     batch: &[Taken],
 ) -> Vec<Result<ClaimOutcome, JobError>> {
     if batch.is_empty() {
         return Vec::new();
     }
     let requests: Vec<ClaimRequest<'_>> = batch.iter().map(|t| request(t, None)).collect();
-    let claim = |requests| claim_in_one(pool, lock_timeout, requests);
+    let claim = |requests| claim_in_one(pool, bounds, requests);
     let mut outcomes = match claim(&requests).await {
         Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
         Err(e) if batch.len() > 1 => {
@@ -195,20 +205,21 @@ async fn claim_all(
         }
         let taken = &batch[*i];
         let takeover = [request(taken, Some(holder))];
-        outcomes[*i] = claim_in_one(pool, lock_timeout, &takeover)
+        outcomes[*i] = claim_in_one(pool, bounds, &takeover)
             .await
             .map(|mut outcome| outcome.remove(0));
     }
     outcomes
 }
 
-/// Claims `requests` in one call ([`enhancements::claim`]).
+/// Claims `requests` in one call ([`enhancements::claim`]) within `bounds`.
 async fn claim_in_one(
     pool: &sqlx::PgPool,
-    lock_timeout: Duration,
+    bounds: ClaimBounds,
     requests: &[ClaimRequest<'_>],
 ) -> Result<Vec<ClaimOutcome>, JobError> {
-    Ok(enhancements::claim(pool, requests, lock_timeout).await?)
+    let claim = enhancements::claim(pool, requests, bounds.lock_wait);
+    Ok(db::within(bounds.answer_within, claim).await?)
 }
 
 fn request<'a>(taken: &'a Taken, takeover_from: Option<&'a str>) -> ClaimRequest<'a> {
@@ -234,11 +245,13 @@ pub struct Finished {
 }
 
 /// Records the results of finished jobs: the completed enhancements in one transaction (each
-/// under its claim), then what each delivery becomes. A completion whose claim was lost is
-/// retried later, never acknowledged as done by this delivery.
+/// under its claim, the call bounded by `answer_within` on this side), then what each delivery
+/// becomes. A completion whose claim was lost is retried later, never acknowledged as done by
+/// this delivery.
 pub async fn record(
     pool: &sqlx::PgPool,
     policy: RetryPolicy,
+    answer_within: Duration,
     finished: Vec<Finished>,
 ) -> Vec<Next> {
     let mut next = Vec::with_capacity(finished.len());
@@ -255,12 +268,12 @@ pub async fn record(
     if completed.is_empty() {
         return next;
     }
-    let recorded = match complete_in_one(pool, &completed).await {
+    let recorded = match complete_in_one(pool, answer_within, &completed).await {
         Ok(recorded) => recorded.into_iter().map(Ok).collect(),
         Err(e) if completed.len() > 1 => {
             tracing::warn!(error = %e, size = completed.len(), "recording a batch failed; one by one");
             join_all(completed.iter().map(|item| async move {
-                complete_in_one(pool, std::slice::from_ref(item))
+                complete_in_one(pool, answer_within, std::slice::from_ref(item))
                     .await
                     .map(|mut recorded| recorded.remove(0))
             }))
@@ -284,6 +297,7 @@ pub async fn record(
 /// One call marking `items` completed ([`enhancements::complete`]); whether each was recorded.
 async fn complete_in_one(
     pool: &sqlx::PgPool,
+    answer_within: Duration,
     items: &[(Taken, Output)],
 ) -> Result<Vec<bool>, JobError> {
     let completions: Vec<Completion<'_>> = items
@@ -308,14 +322,19 @@ async fn complete_in_one(
             })
         })
         .collect();
-    Ok(enhancements::complete(pool, &completions).await?)
+    Ok(db::within(answer_within, enhancements::complete(pool, &completions)).await?)
 }
 
 /// Marks the row of a job given up `failed` with `error`, under its claim, retrying while the
-/// database is unavailable; the settlement for its delivery, or `None` when the failure could
-/// not be recorded (the delivery then stays unsettled and comes back after the reclaim time:
-/// its row must not stay unfinished for ever).
-pub async fn give_up(pool: &sqlx::PgPool, taken: &Taken, error: &str) -> Option<Settlement> {
+/// database is unavailable (each try bounded by `answer_within` on this side); the settlement
+/// for its delivery, or `None` when the failure could not be recorded (the delivery then stays
+/// unsettled and comes back after the reclaim time: its row must not stay unfinished for ever).
+pub async fn give_up(
+    pool: &sqlx::PgPool,
+    answer_within: Duration,
+    taken: &Taken,
+    error: &str,
+) -> Option<Settlement> {
     let attempts = taken.job.attempt + 1;
     tracing::error!(job_id = %taken.job.id, attempts, %error, "job failed for good");
     let Some((id, tenant)) = &taken.row else {
@@ -325,10 +344,13 @@ pub async fn give_up(pool: &sqlx::PgPool, taken: &Taken, error: &str) -> Option<
         });
     };
     let mark = || async {
-        let mut tx = TenantTx::begin(pool, tenant).await?;
-        let marked = enhancements::fail(&mut tx, *id, &taken.delivery.entry_id, error).await?;
-        tx.commit().await?;
-        Ok::<bool, JobError>(marked)
+        let marked = db::within(answer_within, async {
+            let mut tx = TenantTx::begin(pool, tenant).await?;
+            let marked = enhancements::fail(&mut tx, *id, &taken.delivery.entry_id, error).await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(marked)
+        });
+        Ok::<bool, JobError>(marked.await?)
     };
     let marked = mark
         .retry(

@@ -36,6 +36,7 @@ pub(super) async fn run(shared: Arc<Shared>, shutdown: CancellationToken, stop: 
         ticker(SWEEP_EVERY),
         ticker(TRIM_EVERY),
     );
+    let mut sweeping: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         let working = !shutdown.is_cancelled();
         tokio::select! {
@@ -46,13 +47,11 @@ pub(super) async fn run(shared: Arc<Shared>, shutdown: CancellationToken, stop: 
                     tracing::warn!(error = &e as &dyn std::error::Error, "retry promotion failed");
                 }
             }
+            // The sweep runs beside the timers, not in their way: its statements may hang on a
+            // stuck database for up to their bound, and the heartbeat must not wait for them.
             _ = sweep.tick(), if working => {
-                let swept = sweeper::sweep(&shared.pool, shared.consumer.queue(),
-                    shared.consumer.name(), shared.settings.orphan_after, SWEEP_EVERY).await;
-                match swept {
-                    Ok(0) => {}
-                    Ok(n) => tracing::warn!(count = n, "orphaned pending rows queued again"),
-                    Err(e) => tracing::warn!(error = &e as &dyn std::error::Error, "orphan sweep failed"),
+                if sweeping.as_ref().is_none_or(tokio::task::JoinHandle::is_finished) {
+                    sweeping = Some(tokio::spawn(sweep_once(Arc::clone(&shared))));
                 }
             }
             _ = trim.tick(), if working => {
@@ -63,6 +62,37 @@ pub(super) async fn run(shared: Arc<Shared>, shutdown: CancellationToken, stop: 
                 }
             }
         }
+    }
+    if let Some(sweeping) = sweeping {
+        sweeping.abort();
+    }
+}
+
+/// One orphan sweep, bounded by its period: one that outlives it is stuck on a dependency, and
+/// the next sweep starts afresh.
+async fn sweep_once(shared: Arc<Shared>) {
+    let swept = tokio::time::timeout(
+        SWEEP_EVERY,
+        sweeper::sweep(
+            &shared.pool,
+            shared.session.answer_within(),
+            shared.consumer.queue(),
+            shared.consumer.name(),
+            shared.settings.orphan_after,
+            SWEEP_EVERY,
+        ),
+    )
+    .await;
+    match swept {
+        Ok(Ok(0)) => {}
+        Ok(Ok(n)) => tracing::warn!(count = n, "orphaned pending rows queued again"),
+        Ok(Err(e)) => {
+            tracing::warn!(error = &e as &dyn std::error::Error, "orphan sweep failed");
+        }
+        Err(_) => tracing::warn!(
+            limit_s = SWEEP_EVERY.as_secs(),
+            "orphan sweep abandoned: it outlived its period"
+        ),
     }
 }
 

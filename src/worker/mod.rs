@@ -304,16 +304,19 @@ async fn process(
     mut free: Vec<OwnedSemaphorePermit>,
     done: mpsc::Sender<Done>,
 ) {
-    // Claiming counts against the hard limit; the server ends a claim's lock waits (the only
-    // way it takes long) when they would outlast it, so nothing keeps waiting for a lock once
-    // the attempt is given up.
+    // Claiming counts against the hard limit. The server ends a claim's lock waits (the only
+    // way a live server makes it take long) when they would outlast it; this side ends a call
+    // that a frozen or failed-over server never answers. Nothing keeps waiting once the attempt
+    // is given up.
     let left = shared.settings.time_limit.saturating_sub(read_at.elapsed());
-    let lock_timeout = shared.session.lock_timeout.min(left);
     let next = batch::start(
         &shared.pool,
         &shared.consumer,
         shared.policy,
-        lock_timeout,
+        batch::ClaimBounds {
+            lock_wait: shared.session.lock_timeout.min(left),
+            answer_within: shared.session.answer_within().min(left),
+        },
         deliveries,
     )
     .await;
@@ -327,7 +330,9 @@ async fn process(
             }
             Next::Settle(delivery, settlement) => settle_now.push((delivery, settlement)),
             Next::GiveUp(taken, error) => {
-                match batch::give_up(&shared.pool, &taken, &error).await {
+                match batch::give_up(&shared.pool, shared.session.answer_within(), &taken, &error)
+                    .await
+                {
                     Some(settlement) => settle_now.push((taken.delivery, settlement)),
                     None => shared.release([taken.delivery.entry_id.as_str()]),
                 }
@@ -455,13 +460,15 @@ async fn record(shared: Arc<Shared>, mut done: mpsc::Receiver<Done>) {
             metrics.push((kind, f.taken.job.attempt, seconds));
             finished.push(f);
         }
-        let next = batch::record(&shared.pool, shared.policy, finished).await;
+        let answer_within = shared.session.answer_within();
+        let next = batch::record(&shared.pool, shared.policy, answer_within, finished).await;
         let mut settlements = Vec::with_capacity(next.len());
         for (step, (kind, attempt, seconds)) in next.into_iter().zip(metrics) {
             let settlement = match step {
                 Next::Settle(delivery, settlement) => Some((delivery, settlement)),
                 Next::GiveUp(taken, error) => {
-                    let settlement = batch::give_up(&shared.pool, &taken, &error).await;
+                    let settlement =
+                        batch::give_up(&shared.pool, answer_within, &taken, &error).await;
                     if settlement.is_none() {
                         shared.release([taken.delivery.entry_id.as_str()]);
                     }

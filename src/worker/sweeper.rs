@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::retry::JobError;
 use crate::{
     db::{
-        enhancements,
+        self, enhancements,
         scope::{CrossTenantTx, TenantTx},
     },
     domain::TenantId,
@@ -47,9 +47,11 @@ impl From<sqlx::Error> for SweepError {
 }
 
 /// Queues again the jobs of orphaned `pending` rows, if this worker holds the sweep lock for
-/// the next `period`; returns how many.
+/// the next `period`; returns how many. Each transaction is bounded by `answer_within` on this
+/// side ([`db::within`]).
 pub async fn sweep(
     pool: &sqlx::PgPool,
+    answer_within: Duration,
     queue: &Queue,
     consumer: &str,
     orphan_after: Duration,
@@ -65,9 +67,13 @@ pub async fn sweep(
     let Some(cutoff) = DateTime::<Utc>::from_timestamp_millis(cutoff_ms) else {
         return Ok(0);
     };
-    let mut tx = CrossTenantTx::begin(pool).await?;
-    let stale = enhancements::stale_pending(&mut tx, cutoff, SWEEP_LIMIT).await?;
-    tx.finish().await?;
+    let stale = db::within(answer_within, async {
+        let mut tx = CrossTenantTx::begin(pool).await?;
+        let stale = enhancements::stale_pending(&mut tx, cutoff, SWEEP_LIMIT).await?;
+        tx.finish().await?;
+        Ok::<_, sqlx::Error>(stale)
+    })
+    .await?;
     let mut by_tenant: BTreeMap<String, Vec<Uuid>> = BTreeMap::new();
     for (id, tenant) in stale {
         by_tenant.entry(tenant).or_default().push(id);
@@ -77,9 +83,13 @@ pub async fn sweep(
         let Ok(tenant) = TenantId::parse(&tenant) else {
             continue;
         };
-        let mut tx = TenantTx::begin(pool, &tenant).await?;
-        let touched = enhancements::touch_stale_pending(&mut tx, &ids, cutoff).await?;
-        tx.commit().await?;
+        let touched = db::within(answer_within, async {
+            let mut tx = TenantTx::begin(pool, &tenant).await?;
+            let touched = enhancements::touch_stale_pending(&mut tx, &ids, cutoff).await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(touched)
+        })
+        .await?;
         for id in touched {
             // A crash here leaves the row touched without a job: the next sweep after the
             // margin finds it again.

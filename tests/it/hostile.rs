@@ -15,6 +15,7 @@ use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
 };
+use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{
     ApiProcess, Outage, OwnRedis, TEST_TOKEN, TestDb, assert_problem, closed_port, content_type,
@@ -487,6 +488,132 @@ async fn requests_while_postgres_is_frozen_end_by_their_deadline_then_succeed() 
         failed.is_empty(),
         "requests failed after the thaw: {failed:?}"
     );
+}
+
+/// PostgreSQL fails over under load: every connection the API has open goes silent for good
+/// (the old server neither answers nor resets it), while new connections reach a live server.
+/// The requests caught on the old connections end by their deadline; sqlx's check of each
+/// connection returning to the pool would wait for those connections for as long as the kernel
+/// keeps them, and with every pooled connection stuck so, no later request would get one. The
+/// pool's own bounded check closes them instead, and requests succeed again within seconds.
+#[tokio::test]
+async fn requests_after_a_postgres_failover_succeed_within_seconds() {
+    let db = TestDb::new().await;
+    let relay = Outage::relay(&host_port(&db.app_url)).await;
+    let mut vars = test_vars(&via(&db.app_url, relay.addr), &redis_url(), &queue_prefix());
+    for (name, value) in [
+        ("AI_AGENTS_DATABASE_POOL_SIZE", "4"),
+        ("AI_AGENTS_REQUEST_TIMEOUT_SECS", "3"),
+        ("AI_AGENTS_DATABASE_STATEMENT_TIMEOUT_MS", "1000"),
+        ("AI_AGENTS_DATABASE_LOCK_TIMEOUT_MS", "500"),
+    ] {
+        vars.insert(name.into(), value.into());
+    }
+    let api = ApiProcess::start(vars).await;
+    let client = reqwest::Client::new();
+    api.create_tenant("acme").await;
+    let post = |ticket: String| {
+        authorised(
+            &client,
+            reqwest::Method::POST,
+            api.url("/api/v1/enhancements"),
+        )
+        .json(&json!({"tenant_id": "acme", "ticket_id": ticket}))
+        .send()
+    };
+
+    // Twice the pool, posting without a pause, before the failover and for a second after it:
+    // the pooled connections are in use when it comes, and requests go on using them. The
+    // readiness probe is asked all along as well, by four clients at once, so that its one
+    // connection of its own is busy when the failover comes.
+    let stop = CancellationToken::new();
+    let probing = futures_util::future::join_all((0..4).map(|_| async {
+        while !stop.is_cancelled() {
+            let _ = client.get(api.url("/health/ready")).send().await;
+        }
+    }));
+    let load = futures_util::future::join_all((0..8).map(|lane| {
+        let stop = stop.clone();
+        async move {
+            let mut statuses = Vec::new();
+            for i in 0.. {
+                if stop.is_cancelled() {
+                    break;
+                }
+                let response = post(format!("INC-L{lane}-{i}")).await.expect("request");
+                statuses.push(response.status().as_u16());
+            }
+            statuses
+        }
+    }));
+    let failover = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        relay.strand();
+        let stranded = Instant::now();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        stop.cancel();
+        stranded
+    };
+    let (statuses, stranded, _) = tokio::join!(load, failover, probing);
+    let statuses: Vec<u16> = statuses.into_iter().flatten().collect();
+    let caught = statuses.iter().filter(|s| **s != 202).count();
+
+    // From the failover on, the first success, then twenty in a row.
+    let mut first_success = None;
+    while stranded.elapsed() < Duration::from_secs(20) {
+        if post(format!("INC-F{}", stranded.elapsed().as_millis()))
+            .await
+            .expect("request")
+            .status()
+            == 202
+        {
+            first_success = Some(stranded.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut failed = Vec::new();
+    for i in 0..20 {
+        let status = post(format!("INC-A{i}")).await.expect("request").status();
+        if status != 202 {
+            failed.push(status.as_u16());
+        }
+    }
+    let ready_again = eventually(Duration::from_secs(10), || async {
+        client
+            .get(api.url("/health/ready"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    println!(
+        "PostgreSQL failover under load: {} POSTs, {caught} caught by it; first success \
+         {first_success:.2?} after it; then {} of 20 POSTs failed; ready again: {ready_again} \
+         ({:.1?} after it)",
+        statuses.len(),
+        failed.len(),
+        stranded.elapsed()
+    );
+    assert!(caught > 0, "the failover caught no request: {statuses:?}");
+    let first_success = first_success.expect("no request succeeded within 20 s of the failover");
+    assert!(
+        first_success < Duration::from_secs(10),
+        "requests succeeded again only {first_success:?} after the failover"
+    );
+    assert!(
+        failed.is_empty(),
+        "requests failed after the failover: {failed:?}"
+    );
+    let readiness = client
+        .get(api.url("/health/ready"))
+        .send()
+        .await
+        .expect("request")
+        .text()
+        .await
+        .expect("body");
+    assert!(ready_again, "/health/ready still not ready: {readiness}");
 }
 
 #[tokio::test]

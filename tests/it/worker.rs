@@ -694,6 +694,61 @@ async fn a_frozen_redis_mid_drain_is_ridden_out() {
     assert_eq!(env.statuses().await.get("failed"), None);
 }
 
+/// PostgreSQL fails over in the middle of a drain: every connection the worker has open goes
+/// silent for good (the old server neither answers nor resets it), while new connections reach
+/// a live server. Nothing on the server ends those calls; the worker's own bound
+/// (`statement_timeout` plus a margin) does, the silent connections are closed and replaced,
+/// and the drain goes on without losing, doubling or dead-lettering a job. Without that bound
+/// the worker would wait on the old connections for as long as the kernel keeps them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_postgres_failover_mid_drain_is_ridden_out() {
+    const N: usize = 300;
+    let env = Env::new().await;
+    env.plan("*", 0, 20).await;
+    env.insert_and_enqueue(N).await;
+    let relay = Outage::relay(&host_port(&env.app_url)).await;
+    let through_relay = via(&env.app_url, relay.addr);
+    let worker = Worker::start(&env.worker_vars(&[
+        ("AI_AGENTS_DATABASE_URL", &through_relay),
+        ("AI_AGENTS_DATABASE_STATEMENT_TIMEOUT_MS", "1000"),
+        ("AI_AGENTS_DATABASE_LOCK_TIMEOUT_MS", "500"),
+        ("AI_AGENTS_WORKER_RETRY_BASE_MS", "500"),
+    ]));
+    assert!(
+        until_completed(&env, 40, Duration::from_secs(20)).await,
+        "{}",
+        worker.log()
+    );
+
+    relay.strand();
+    let failover = Instant::now();
+    let done_at_failover = env.completed().await;
+    assert!(
+        done_at_failover < N as i64,
+        "the failover came too late to matter"
+    );
+    assert!(
+        until_completed(&env, N as i64, Duration::from_secs(30)).await,
+        "{:?} {:?}\n{}",
+        env.statuses().await,
+        env.stats().await,
+        worker.log()
+    );
+    eprintln!(
+        "PostgreSQL failover mid-drain: {done_at_failover} of {N} done at the failover, all \
+         {N} {:.1?} after it",
+        failover.elapsed()
+    );
+    assert!(
+        until_idle(&env, 0, Duration::from_secs(15)).await,
+        "{:?}\n{}",
+        env.stats().await,
+        worker.log()
+    );
+    assert_all_completed_once(&env, N, &worker.log()).await;
+    assert_eq!(env.statuses().await.get("failed"), None);
+}
+
 // 8 ------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,13 +1,13 @@
 //! Faults a test injects without disturbing the shared services: a TCP relay it can cut (an
-//! outage of PostgreSQL or Redis as the service sees it), and a Redis of its own that it may
-//! restart, freeze or stop.
+//! outage of PostgreSQL or Redis as the service sees it), freeze, or strand (a failover as the
+//! service sees it), and a Redis of its own that it may restart, freeze or stop.
 
 use std::{
     net::SocketAddr,
     process::Stdio,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -24,6 +24,9 @@ pub struct Outage {
     up: Arc<AtomicBool>,
     cut: watch::Sender<u64>,
     frozen: watch::Sender<bool>,
+    /// Connections numbered below this are stranded.
+    stranded: watch::Sender<u64>,
+    accepted: Arc<AtomicU64>,
 }
 
 impl Outage {
@@ -34,8 +37,11 @@ impl Outage {
         let up = Arc::new(AtomicBool::new(true));
         let (cut, _) = watch::channel(0_u64);
         let (frozen, _) = watch::channel(false);
+        let (stranded, _) = watch::channel(0_u64);
+        let accepted = Arc::new(AtomicU64::new(0));
         let target = target.to_owned();
         let (state, cuts, freezes) = (Arc::clone(&up), cut.clone(), frozen.clone());
+        let (strands, count) = (stranded.clone(), Arc::clone(&accepted));
         tokio::spawn(async move {
             loop {
                 let Ok((inbound, _)) = listener.accept().await else {
@@ -47,7 +53,13 @@ impl Outage {
                 }
                 let target = target.clone();
                 let mut cut_rx = cuts.subscribe();
-                let (to_server, to_client) = (freezes.subscribe(), freezes.subscribe());
+                let number = count.fetch_add(1, Ordering::SeqCst);
+                let hold = |frozen: &watch::Sender<bool>| Hold {
+                    frozen: frozen.subscribe(),
+                    stranded: strands.subscribe(),
+                    number,
+                };
+                let (to_server, to_client) = (hold(&freezes), hold(&freezes));
                 tokio::spawn(async move {
                     let Ok(outbound) = tokio::net::TcpStream::connect(&target).await else {
                         return;
@@ -67,7 +79,17 @@ impl Outage {
             up,
             cut,
             frozen,
+            stranded,
+            accepted,
         }
+    }
+
+    /// Holds for good every byte of the connections open now, which stay open; new ones are
+    /// relayed. A failover as its clients see it: the old server neither answers nor resets
+    /// them, the address reaches a live one.
+    pub fn strand(&self) {
+        self.stranded
+            .send_replace(self.accepted.load(Ordering::SeqCst));
     }
 
     /// Holds every byte in both directions, connections kept open (a SIGSTOPped server).
@@ -92,11 +114,20 @@ impl Outage {
     }
 }
 
-/// Copies `from` to `to`, holding each chunk while `frozen` says so; ends when either side closes.
+/// When one direction of a relayed connection holds its bytes.
+struct Hold {
+    /// While this says so.
+    frozen: watch::Receiver<bool>,
+    /// For good, once this is above the connection's number.
+    stranded: watch::Receiver<u64>,
+    number: u64,
+}
+
+/// Copies `from` to `to`, holding each chunk as `hold` says; ends when either side closes.
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
-    mut frozen: watch::Receiver<bool>,
+    mut hold: Hold,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = vec![0_u8; 16 * 1024];
@@ -105,7 +136,10 @@ async fn pump(
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        if frozen.wait_for(|frozen| !frozen).await.is_err() {
+        if *hold.stranded.borrow() > hold.number {
+            std::future::pending::<()>().await;
+        }
+        if hold.frozen.wait_for(|frozen| !frozen).await.is_err() {
             return;
         }
         if to.write_all(&buf[..n]).await.is_err() {

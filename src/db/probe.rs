@@ -1,0 +1,58 @@
+//! The readiness probe's connection to PostgreSQL.
+//!
+//! One connection of its own, outside the request pool: a probe that queued behind request
+//! traffic would call a saturated pool an outage and take every replica out of service at once,
+//! the moment load is highest. It is kept here rather than in a sqlx pool of one because a pool
+//! waits without a bound for the ping it sends to every connection that comes back: a failover
+//! during that ping (the old server neither answers nor resets the connection) would keep the
+//! only connection there for as long as the kernel keeps the socket, about 15 minutes, and
+//! every probe meanwhile would say "disconnected". Here a probe that gets no answer in time
+//! drops its connection, and the next probe opens a new one.
+
+use std::time::Duration;
+
+use sqlx::{Connection, PgConnection, postgres::PgConnectOptions};
+use tokio::sync::Mutex;
+
+use super::{DbSetupError, app_options};
+use crate::config::DatabaseConfig;
+
+/// The probe's connection, opened on first use and again after any failure.
+pub struct Probe {
+    options: PgConnectOptions,
+    connection: Mutex<Option<PgConnection>>,
+}
+
+impl Probe {
+    /// A probe with the session options of `config`; connects to nothing yet.
+    pub fn new(config: &DatabaseConfig) -> Result<Self, DbSetupError> {
+        Ok(Self {
+            options: app_options(config)?,
+            connection: Mutex::new(None),
+        })
+    }
+
+    /// Whether PostgreSQL answers within `limit`, waiting for a probe already under way and
+    /// connecting if need be. It answers "no" only when the database cannot be reached in
+    /// time, never because requests keep it busy.
+    pub async fn answers(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        let Ok(mut slot) = tokio::time::timeout_at(deadline, self.connection.lock()).await else {
+            return false;
+        };
+        let answered = tokio::time::timeout_at(deadline, async {
+            let connection = match slot.as_mut() {
+                Some(connection) => connection,
+                None => slot.insert(PgConnection::connect_with(&self.options).await?),
+            };
+            sqlx::query("SELECT 1").execute(connection).await
+        })
+        .await;
+        let up = matches!(answered, Ok(Ok(_)));
+        if !up {
+            // Dropped, not closed: closing would wait on a server that does not answer.
+            *slot = None;
+        }
+        up
+    }
+}
