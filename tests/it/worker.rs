@@ -749,6 +749,62 @@ async fn a_postgres_failover_mid_drain_is_ridden_out() {
     assert_eq!(env.statuses().await.get("failed"), None);
 }
 
+/// A rolling upgrade that starts the new worker before `migrate` has run: the calls it claims
+/// and records with do not exist yet (`42883`), which counts as "schema missing", a transient
+/// failure. The jobs are retried, not dead-lettered, and complete once the migration is applied
+/// (the migration's own down and up files make the older schema and then the newer).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_started_before_its_migration_waits_for_it() {
+    const N: usize = 3;
+    let env = Env::new().await;
+    sqlx::raw_sql(include_str!(
+        "../../migrations/20261201000001_worker_batch_calls.down.sql"
+    ))
+    .execute(&env.owner)
+    .await
+    .expect("the schema before the migration");
+    env.insert_and_enqueue(N).await;
+    let worker = Worker::start(&env.worker_vars(&[("AI_AGENTS_WORKER_RETRY_BASE_MS", "1000")]));
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            env.stats().await.retrying == N as u64
+        })
+        .await,
+        "the jobs were not retried while the schema was older: {:?}\n{}",
+        env.stats().await,
+        worker.log()
+    );
+    let before = env.statuses().await;
+    assert_eq!(before.get("pending"), Some(&(N as i64)), "{before:?}");
+
+    sqlx::raw_sql(include_str!(
+        "../../migrations/20261201000001_worker_batch_calls.up.sql"
+    ))
+    .execute(&env.owner)
+    .await
+    .expect("the migration");
+    let migrated = Instant::now();
+    assert!(
+        until_completed(&env, N as i64, Duration::from_secs(20)).await,
+        "{:?} {:?}\n{}",
+        env.statuses().await,
+        env.stats().await,
+        worker.log()
+    );
+    eprintln!(
+        "worker started before its migration: rows {before:?} and {N} jobs retrying while the \
+         calls were missing; all {N} completed {:.1?} after the migration",
+        migrated.elapsed()
+    );
+    assert!(
+        until_idle(&env, 0, Duration::from_secs(10)).await,
+        "{:?}\n{}",
+        env.stats().await,
+        worker.log()
+    );
+    assert_all_completed_once(&env, N, &worker.log()).await;
+}
+
 // 8 ------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread")]
