@@ -404,6 +404,46 @@ async fn the_first_requests_after_a_postgres_restart_succeed() {
     assert_eq!(ready.status(), 200);
 }
 
+/// An API on a fresh database reached through a relay (pool of 4, request deadline 3 s,
+/// statement timeout `statement_timeout_ms`, lock timeout half that), with tenant `acme`.
+async fn api_behind_a_relay(statement_timeout_ms: u64) -> (TestDb, Outage, ApiProcess) {
+    let db = TestDb::new().await;
+    let relay = Outage::relay(&host_port(&db.app_url)).await;
+    let mut vars = test_vars(&via(&db.app_url, relay.addr), &redis_url(), &queue_prefix());
+    for (name, value) in [
+        ("AI_AGENTS_DATABASE_POOL_SIZE", 4),
+        ("AI_AGENTS_REQUEST_TIMEOUT_SECS", 3),
+        (
+            "AI_AGENTS_DATABASE_STATEMENT_TIMEOUT_MS",
+            statement_timeout_ms,
+        ),
+        (
+            "AI_AGENTS_DATABASE_LOCK_TIMEOUT_MS",
+            statement_timeout_ms / 2,
+        ),
+    ] {
+        vars.insert(name.into(), value.to_string());
+    }
+    let api = ApiProcess::start(vars).await;
+    api.create_tenant("acme").await;
+    (db, relay, api)
+}
+
+/// `POST /api/v1/enhancements` of `ticket` for tenant `acme`.
+fn post_for_acme(
+    client: &reqwest::Client,
+    api: &ApiProcess,
+    ticket: String,
+) -> impl Future<Output = reqwest::Result<reqwest::Response>> {
+    authorised(
+        client,
+        reqwest::Method::POST,
+        api.url("/api/v1/enhancements"),
+    )
+    .json(&json!({"tenant_id": "acme", "ticket_id": ticket}))
+    .send()
+}
+
 /// PostgreSQL frozen (stopped with SIGSTOP, as the API sees it: connections open, nothing
 /// answered). A frozen server cannot enforce its own `statement_timeout`, so only the request
 /// deadline bounds the requests: each ends by it with a problem+json 503, also those waiting
@@ -412,29 +452,9 @@ async fn the_first_requests_after_a_postgres_restart_succeed() {
 /// succeed.
 #[tokio::test]
 async fn requests_while_postgres_is_frozen_end_by_their_deadline_then_succeed() {
-    let db = TestDb::new().await;
-    let relay = Outage::relay(&host_port(&db.app_url)).await;
-    let mut vars = test_vars(&via(&db.app_url, relay.addr), &redis_url(), &queue_prefix());
-    for (name, value) in [
-        ("AI_AGENTS_DATABASE_POOL_SIZE", "4"),
-        ("AI_AGENTS_REQUEST_TIMEOUT_SECS", "3"),
-        ("AI_AGENTS_DATABASE_STATEMENT_TIMEOUT_MS", "2000"),
-        ("AI_AGENTS_DATABASE_LOCK_TIMEOUT_MS", "1000"),
-    ] {
-        vars.insert(name.into(), value.into());
-    }
-    let api = ApiProcess::start(vars).await;
+    let (_db, relay, api) = api_behind_a_relay(2000).await;
     let client = reqwest::Client::new();
-    api.create_tenant("acme").await;
-    let post = |ticket: String| {
-        authorised(
-            &client,
-            reqwest::Method::POST,
-            api.url("/api/v1/enhancements"),
-        )
-        .json(&json!({"tenant_id": "acme", "ticket_id": ticket}))
-        .send()
-    };
+    let post = |ticket: String| post_for_acme(&client, &api, ticket);
 
     relay.freeze();
     let started = Instant::now();
@@ -498,29 +518,9 @@ async fn requests_while_postgres_is_frozen_end_by_their_deadline_then_succeed() 
 /// pool's own bounded check closes them instead, and requests succeed again within seconds.
 #[tokio::test]
 async fn requests_after_a_postgres_failover_succeed_within_seconds() {
-    let db = TestDb::new().await;
-    let relay = Outage::relay(&host_port(&db.app_url)).await;
-    let mut vars = test_vars(&via(&db.app_url, relay.addr), &redis_url(), &queue_prefix());
-    for (name, value) in [
-        ("AI_AGENTS_DATABASE_POOL_SIZE", "4"),
-        ("AI_AGENTS_REQUEST_TIMEOUT_SECS", "3"),
-        ("AI_AGENTS_DATABASE_STATEMENT_TIMEOUT_MS", "1000"),
-        ("AI_AGENTS_DATABASE_LOCK_TIMEOUT_MS", "500"),
-    ] {
-        vars.insert(name.into(), value.into());
-    }
-    let api = ApiProcess::start(vars).await;
+    let (_db, relay, api) = api_behind_a_relay(1000).await;
     let client = reqwest::Client::new();
-    api.create_tenant("acme").await;
-    let post = |ticket: String| {
-        authorised(
-            &client,
-            reqwest::Method::POST,
-            api.url("/api/v1/enhancements"),
-        )
-        .json(&json!({"tenant_id": "acme", "ticket_id": ticket}))
-        .send()
-    };
+    let post = |ticket: String| post_for_acme(&client, &api, ticket);
 
     // Twice the pool, posting without a pause, before the failover and for a second after it:
     // the pooled connections are in use when it comes, and requests go on using them. The

@@ -585,22 +585,12 @@ async fn redis_restart_with_aof_keeps_queued_jobs() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_outage_mid_drain_is_ridden_out() {
-    const N: usize = 300;
-    let env = Env::new().await;
-    env.plan("*", 0, 20).await;
-    env.insert_and_enqueue(N).await;
-    let relay = Outage::relay(&host_port(&env.app_url)).await;
-    let through_relay = via(&env.app_url, relay.addr);
-    let worker = Worker::start(&env.worker_vars(&[
-        ("AI_AGENTS_DATABASE_URL", &through_relay),
+    const N: usize = RELAY_DRAIN_JOBS;
+    let (env, relay, worker) = draining_through_a_relay(&[
         ("AI_AGENTS_WORKER_RETRY_BASE_MS", "500"),
         ("AI_AGENTS_WORKER_MAX_RETRIES", "3"),
-    ]));
-    assert!(
-        until_completed(&env, 40, Duration::from_secs(20)).await,
-        "{}",
-        worker.log()
-    );
+    ])
+    .await;
 
     relay.down();
     let cut = Instant::now();
@@ -620,21 +610,57 @@ async fn postgres_outage_mid_drain_is_ridden_out() {
         "the outage came too late to matter"
     );
     assert!(most_retrying > 0, "the outage was not noticed");
+    finishes_cleanly(&env, N, &worker, Duration::from_secs(30), cut).await;
+}
 
+/// Jobs in the relay drains: enough that a fault 40 jobs in finds most of them still queued.
+const RELAY_DRAIN_JOBS: usize = 300;
+
+/// [`RELAY_DRAIN_JOBS`] jobs of 20 ms each, drained by a worker (settings `extra` on top of the tests') whose
+/// PostgreSQL is behind a relay; returns once 40 of them are done.
+async fn draining_through_a_relay(extra: &[(&str, &str)]) -> (Env, Outage, Worker) {
+    let env = Env::new().await;
+    env.plan("*", 0, 20).await;
+    env.insert_and_enqueue(RELAY_DRAIN_JOBS).await;
+    let relay = Outage::relay(&host_port(&env.app_url)).await;
+    let through_relay = via(&env.app_url, relay.addr);
+    let mut vars = env.worker_vars(extra);
+    vars.insert("AI_AGENTS_DATABASE_URL".into(), through_relay);
+    let worker = Worker::start(&vars);
     assert!(
-        until_completed(&env, N as i64, Duration::from_secs(30)).await,
+        until_completed(&env, 40, Duration::from_secs(20)).await,
+        "{}",
+        worker.log()
+    );
+    (env, relay, worker)
+}
+
+/// The drain of `n` jobs ends within `limit`: each row completed exactly once, nothing left in
+/// flight, retrying, dead or failed. Returns when the last row completed, counted from `since`.
+async fn finishes_cleanly(
+    env: &Env,
+    n: usize,
+    worker: &Worker,
+    limit: Duration,
+    since: Instant,
+) -> Duration {
+    assert!(
+        until_completed(env, n as i64, limit).await,
         "{:?} {:?}\n{}",
         env.statuses().await,
         env.stats().await,
         worker.log()
     );
+    let completed_after = since.elapsed();
     assert!(
-        until_idle(&env, 0, Duration::from_secs(10)).await,
-        "{:?}",
-        env.stats().await
+        until_idle(env, 0, Duration::from_secs(15)).await,
+        "{:?}\n{}",
+        env.stats().await,
+        worker.log()
     );
-    assert_all_completed_once(&env, N, &worker.log()).await;
+    assert_all_completed_once(env, n, &worker.log()).await;
     assert_eq!(env.statuses().await.get("failed"), None);
+    completed_after
 }
 
 /// Redis frozen (SIGSTOP) for 3 s in the middle of a drain: reads, settles and heartbeats
@@ -672,26 +698,11 @@ async fn a_frozen_redis_mid_drain_is_ridden_out() {
         "the freeze came too late to matter"
     );
 
-    assert!(
-        until_completed(&env, N as i64, Duration::from_secs(20)).await,
-        "{:?} {:?}\n{}",
-        env.statuses().await,
-        env.stats().await,
-        worker.log()
-    );
+    let done = finishes_cleanly(&env, N, &worker, Duration::from_secs(20), thawed).await;
     eprintln!(
         "Redis frozen for 3 s: {frozen_at} of {N} done at the freeze, {done_at_thaw} at the \
-         thaw, all {N} {:.1?} after the thaw",
-        thawed.elapsed()
+         thaw, all {N} completed once, {done:.1?} after the thaw"
     );
-    assert!(
-        until_idle(&env, 0, Duration::from_secs(15)).await,
-        "{:?}\n{}",
-        env.stats().await,
-        worker.log()
-    );
-    assert_all_completed_once(&env, N, &worker.log()).await;
-    assert_eq!(env.statuses().await.get("failed"), None);
 }
 
 /// PostgreSQL fails over in the middle of a drain: every connection the worker has open goes
@@ -702,23 +713,13 @@ async fn a_frozen_redis_mid_drain_is_ridden_out() {
 /// the worker would wait on the old connections for as long as the kernel keeps them.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_postgres_failover_mid_drain_is_ridden_out() {
-    const N: usize = 300;
-    let env = Env::new().await;
-    env.plan("*", 0, 20).await;
-    env.insert_and_enqueue(N).await;
-    let relay = Outage::relay(&host_port(&env.app_url)).await;
-    let through_relay = via(&env.app_url, relay.addr);
-    let worker = Worker::start(&env.worker_vars(&[
-        ("AI_AGENTS_DATABASE_URL", &through_relay),
+    const N: usize = RELAY_DRAIN_JOBS;
+    let (env, relay, worker) = draining_through_a_relay(&[
         ("AI_AGENTS_DATABASE_STATEMENT_TIMEOUT_MS", "1000"),
         ("AI_AGENTS_DATABASE_LOCK_TIMEOUT_MS", "500"),
         ("AI_AGENTS_WORKER_RETRY_BASE_MS", "500"),
-    ]));
-    assert!(
-        until_completed(&env, 40, Duration::from_secs(20)).await,
-        "{}",
-        worker.log()
-    );
+    ])
+    .await;
 
     relay.strand();
     let failover = Instant::now();
@@ -727,26 +728,11 @@ async fn a_postgres_failover_mid_drain_is_ridden_out() {
         done_at_failover < N as i64,
         "the failover came too late to matter"
     );
-    assert!(
-        until_completed(&env, N as i64, Duration::from_secs(30)).await,
-        "{:?} {:?}\n{}",
-        env.statuses().await,
-        env.stats().await,
-        worker.log()
-    );
+    let done = finishes_cleanly(&env, N, &worker, Duration::from_secs(30), failover).await;
     eprintln!(
         "PostgreSQL failover mid-drain: {done_at_failover} of {N} done at the failover, all \
-         {N} {:.1?} after it",
-        failover.elapsed()
+         {N} completed once, {done:.1?} after it"
     );
-    assert!(
-        until_idle(&env, 0, Duration::from_secs(15)).await,
-        "{:?}\n{}",
-        env.stats().await,
-        worker.log()
-    );
-    assert_all_completed_once(&env, N, &worker.log()).await;
-    assert_eq!(env.statuses().await.get("failed"), None);
 }
 
 /// A rolling upgrade that starts the new worker before `migrate` has run: the calls it claims
