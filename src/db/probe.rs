@@ -17,7 +17,7 @@ use tokio::sync::Mutex;
 use super::{DbSetupError, app_options};
 use crate::config::DatabaseConfig;
 
-/// The probe's connection, opened on first use and again after any failure.
+/// The probe's connection, opened on first use and again when it fails.
 pub struct Probe {
     options: PgConnectOptions,
     connection: Mutex<Option<PgConnection>>,
@@ -41,14 +41,17 @@ impl Probe {
             return false;
         };
         let answered = tokio::time::timeout_at(deadline, async {
-            let connection = match slot.as_mut() {
-                Some(connection) => connection,
-                None => slot.insert(PgConnection::connect_with(&self.options).await?),
-            };
-            sqlx::query("SELECT 1").execute(connection).await
+            if let Some(connection) = slot.as_mut()
+                && sqlx::query("SELECT 1").execute(connection).await.is_ok()
+            {
+                return Ok(());
+            }
+            // No connection yet, or one that died with a restart: a new one, in the same limit.
+            let connection = slot.insert(PgConnection::connect_with(&self.options).await?);
+            sqlx::query("SELECT 1").execute(connection).await.map(drop)
         })
         .await;
-        let up = matches!(answered, Ok(Ok(_)));
+        let up = matches!(answered, Ok(Ok(())));
         if !up {
             // Dropped, not closed: closing would wait on a server that does not answer.
             *slot = None;

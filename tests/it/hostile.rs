@@ -353,7 +353,7 @@ async fn the_first_requests_after_a_redis_restart_succeed() {
 
 /// The same after PostgreSQL goes away and comes back (every pooled connection cut, as a
 /// restart does, through a relay in front of the shared server): the pool replaces the dead
-/// connections instead of handing them to requests.
+/// connections instead of handing them to requests, and the readiness probe its own.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_first_requests_after_a_postgres_restart_succeed() {
     let db = TestDb::new().await;
@@ -372,12 +372,19 @@ async fn the_first_requests_after_a_postgres_restart_succeed() {
         .json(&json!({"tenant_id": "acme", "ticket_id": "INC-1"}))
         .send()
     };
-    // Every pooled connection opened: 20 requests at once on a pool of 10.
+    // Every pooled connection opened: 20 requests at once on a pool of 10; and the readiness
+    // probe's connection of its own.
     let warm = futures_util::future::join_all((0..20).map(|_| post())).await;
     assert!(
         warm.into_iter()
             .all(|r| r.expect("request").status() == 202)
     );
+    let ready_before = client
+        .get(api.url("/health/ready"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(ready_before.status(), 200);
 
     relay.down();
     tokio::time::sleep(Duration::from_millis(300)).await;
