@@ -137,8 +137,10 @@ const ANSWER_MARGIN: Duration = Duration::from_secs(1);
 impl SessionLimits {
     /// How long the client waits for one statement's answer. A live server ends every
     /// statement by `statement_timeout`, so a connection silent past that and a margin is
-    /// stuck (a frozen server, a failover whose old connections neither answer nor reset) and
-    /// would otherwise hang its caller until the kernel gives up on it, about 15 minutes.
+    /// taken for stuck (a frozen server, a failover whose old connections neither answer nor
+    /// reset), which would otherwise hang its caller until the kernel gives up on it, about 15
+    /// minutes. One wait is not covered by `statement_timeout`: a `COMMIT` waiting for a
+    /// synchronous standby or a stalled disk. Past this bound it counts as stuck too.
     pub fn answer_within(&self) -> Duration {
         self.statement_timeout + ANSWER_MARGIN
     }

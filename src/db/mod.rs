@@ -18,7 +18,7 @@ use std::{str::FromStr, time::Duration};
 
 use secrecy::ExposeSecret;
 use sqlx::{
-    Acquire, ConnectOptions, Connection, PgConnection, PgPool, Postgres,
+    Acquire, ConnectOptions, Connection, PgConnection, PgPool, Postgres, Row,
     migrate::{Migrate, MigrateError, Migrator},
     postgres::{PgConnectOptions, PgPoolOptions},
 };
@@ -122,30 +122,49 @@ pub fn connect_lazy(config: &DatabaseConfig) -> Result<PgPool, DbSetupError> {
     )
 }
 
-/// `options` with a bounded check of every connection that comes back to the pool.
+/// `options` with a bounded check of every connection that comes back to the pool: it must
+/// answer within `limit`, outside any transaction.
 ///
-/// sqlx pings each returning connection and waits for that ping without a bound. A connection
-/// whose caller gave up mid-statement on a frozen server, or after a failover, never answers
-/// it: it would stay out of the pool, counted against its size, for as long as the kernel keeps
-/// the socket (about 15 minutes), and once every connection is stuck so, nobody gets one.
-/// Pinged here first, within `limit` (the time a live server needs to end any statement), such
-/// a connection is closed and replaced.
+/// - sqlx pings each returning connection and waits for that ping without a bound. A
+///   connection whose caller gave up mid-statement on a frozen server, or after a failover,
+///   never answers it: it would stay out of the pool, counted against its size, for as long as
+///   the kernel keeps the socket (about 15 minutes), and once every connection is stuck so,
+///   nobody gets one. Checked here first, within `limit`, such a connection is closed and
+///   replaced.
+/// - A caller that gave up while its `BEGIN` was on its way leaves the server inside a
+///   transaction that sqlx does not know of (it queues a rollback only for a `BEGIN` it saw
+///   answered). A statement sent bare on the pool (the worker's batch calls) would then run in
+///   that transaction and never commit. The check's one query tells: outside a transaction,
+///   each statement starts its own, at the same instant. Such a connection is closed (the server
+///   rolls the transaction back).
 fn closing_silent_connections(options: PgPoolOptions, limit: Duration) -> PgPoolOptions {
     options.after_release(move |conn, _| {
         Box::pin(async move {
-            within(limit, conn.ping()).await?;
-            Ok(true)
+            // The simple protocol: one message, so that the statement and the transaction it
+            // starts outside a transaction block begin at one instant.
+            let check = sqlx::raw_sql("SELECT transaction_timestamp() = statement_timestamp()")
+                .fetch_one(&mut *conn);
+            within(limit, check).await?.try_get::<bool, _>(0)
         })
     })
 }
 
+/// The client-side bound of one call on `pool`: the pool's own wait for a connection (while it
+/// keeps retrying a server that refuses connections or is starting up, an outage its callers
+/// ride out) plus `answer_within`, the wait for the call's answer
+/// ([`SessionLimits::answer_within`](crate::config::SessionLimits::answer_within)).
+pub fn call_within(pool: &PgPool, answer_within: Duration) -> Duration {
+    pool.options().get_acquire_timeout() + answer_within
+}
+
 /// `work` (statements on the application pool) bounded on the client's side by `limit`,
-/// normally [`SessionLimits::answer_within`](crate::config::SessionLimits::answer_within). A
+/// normally [`call_within`] or [`SessionLimits::answer_within`](crate::config::SessionLimits::answer_within). A
 /// frozen server cannot enforce its own `statement_timeout`, and the connections of a server
 /// that failed over may neither answer nor reset: without this bound, a caller that nothing
 /// else bounds (the worker) would wait for them for good. Past it, `work` is dropped (its
-/// connection is then closed on its return to the pool, see [`connect_lazy`]) and the error is
-/// an I/O time-out, which callers treat as the outage it is.
+/// connection, if it had one, is checked on its return to the pool and closed unless it
+/// answers in time outside a transaction, see [`connect_lazy`]) and the error is an I/O
+/// time-out, which callers treat as the outage it is.
 pub async fn within<T, E: From<sqlx::Error>>(
     limit: Duration,
     work: impl Future<Output = Result<T, E>>,

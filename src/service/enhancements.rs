@@ -126,7 +126,7 @@ impl Enhancements {
     /// statement after it.
     fn bounds(&self) -> (Duration, Duration) {
         let answer = self.answer_within;
-        (self.pool.options().get_acquire_timeout() + answer, answer)
+        (db::call_within(&self.pool, answer), answer)
     }
 
     /// No row without a job: deletes the row whose job was not queued. It takes no slot of the

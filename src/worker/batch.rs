@@ -58,8 +58,9 @@ pub struct ClaimBounds {
     /// Lock waits, ended by the server: the time left before the hard limit, at most the
     /// session's `lock_timeout`.
     pub lock_wait: Duration,
-    /// Each call, ended on this side ([`db::within`]): a frozen server ends nothing.
-    pub answer_within: Duration,
+    /// Each call, ended on this side ([`db::within`], [`db::call_within`]): a frozen server
+    /// ends nothing.
+    pub call_within: Duration,
 }
 
 /// Decodes a batch and claims the rows of its enhancement jobs within `bounds`.
@@ -219,7 +220,7 @@ async fn claim_in_one(
     requests: &[ClaimRequest<'_>],
 ) -> Result<Vec<ClaimOutcome>, JobError> {
     let claim = enhancements::claim(pool, requests, bounds.lock_wait);
-    Ok(db::within(bounds.answer_within, claim).await?)
+    Ok(db::within(bounds.call_within, claim).await?)
 }
 
 fn request<'a>(taken: &'a Taken, takeover_from: Option<&'a str>) -> ClaimRequest<'a> {
@@ -245,13 +246,13 @@ pub struct Finished {
 }
 
 /// Records the results of finished jobs: the completed enhancements in one transaction (each
-/// under its claim, the call bounded by `answer_within` on this side), then what each delivery
+/// under its claim, the call bounded by `call_within` on this side), then what each delivery
 /// becomes. A completion whose claim was lost is retried later, never acknowledged as done by
 /// this delivery.
 pub async fn record(
     pool: &sqlx::PgPool,
     policy: RetryPolicy,
-    answer_within: Duration,
+    call_within: Duration,
     finished: Vec<Finished>,
 ) -> Vec<Next> {
     let mut next = Vec::with_capacity(finished.len());
@@ -268,12 +269,12 @@ pub async fn record(
     if completed.is_empty() {
         return next;
     }
-    let recorded = match complete_in_one(pool, answer_within, &completed).await {
+    let recorded = match complete_in_one(pool, call_within, &completed).await {
         Ok(recorded) => recorded.into_iter().map(Ok).collect(),
         Err(e) if completed.len() > 1 => {
             tracing::warn!(error = %e, size = completed.len(), "recording a batch failed; one by one");
             join_all(completed.iter().map(|item| async move {
-                complete_in_one(pool, answer_within, std::slice::from_ref(item))
+                complete_in_one(pool, call_within, std::slice::from_ref(item))
                     .await
                     .map(|mut recorded| recorded.remove(0))
             }))
@@ -297,7 +298,7 @@ pub async fn record(
 /// One call marking `items` completed ([`enhancements::complete`]); whether each was recorded.
 async fn complete_in_one(
     pool: &sqlx::PgPool,
-    answer_within: Duration,
+    call_within: Duration,
     items: &[(Taken, Output)],
 ) -> Result<Vec<bool>, JobError> {
     let completions: Vec<Completion<'_>> = items
@@ -322,16 +323,16 @@ async fn complete_in_one(
             })
         })
         .collect();
-    Ok(db::within(answer_within, enhancements::complete(pool, &completions)).await?)
+    Ok(db::within(call_within, enhancements::complete(pool, &completions)).await?)
 }
 
 /// Marks the row of a job given up `failed` with `error`, under its claim, retrying while the
-/// database is unavailable (each try bounded by `answer_within` on this side); the settlement
+/// database is unavailable (each try bounded by `call_within` on this side); the settlement
 /// for its delivery, or `None` when the failure could not be recorded (the delivery then stays
 /// unsettled and comes back after the reclaim time: its row must not stay unfinished for ever).
 pub async fn give_up(
     pool: &sqlx::PgPool,
-    answer_within: Duration,
+    call_within: Duration,
     taken: &Taken,
     error: &str,
 ) -> Option<Settlement> {
@@ -344,7 +345,7 @@ pub async fn give_up(
         });
     };
     let mark = || async {
-        let marked = db::within(answer_within, async {
+        let marked = db::within(call_within, async {
             let mut tx = TenantTx::begin(pool, tenant).await?;
             let marked = enhancements::fail(&mut tx, *id, &taken.delivery.entry_id, error).await?;
             tx.commit().await?;

@@ -75,7 +75,7 @@ async fn sweep_once(shared: Arc<Shared>) {
         SWEEP_EVERY,
         sweeper::sweep(
             &shared.pool,
-            shared.session.answer_within(),
+            shared.call_within(),
             shared.consumer.queue(),
             shared.consumer.name(),
             shared.settings.orphan_after,

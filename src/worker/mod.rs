@@ -102,6 +102,11 @@ impl Shared {
         }
     }
 
+    /// How long one database call may take on this side ([`db::call_within`]).
+    fn call_within(&self) -> Duration {
+        db::call_within(&self.pool, self.session.answer_within())
+    }
+
     /// Whether this process holds the delivery of `entry_id`.
     fn holds(&self, entry_id: &str) -> bool {
         self.held
@@ -315,7 +320,7 @@ async fn process(
         shared.policy,
         batch::ClaimBounds {
             lock_wait: shared.session.lock_timeout.min(left),
-            answer_within: shared.session.answer_within().min(left),
+            call_within: shared.call_within().min(left),
         },
         deliveries,
     )
@@ -330,9 +335,7 @@ async fn process(
             }
             Next::Settle(delivery, settlement) => settle_now.push((delivery, settlement)),
             Next::GiveUp(taken, error) => {
-                match batch::give_up(&shared.pool, shared.session.answer_within(), &taken, &error)
-                    .await
-                {
+                match batch::give_up(&shared.pool, shared.call_within(), &taken, &error).await {
                     Some(settlement) => settle_now.push((taken.delivery, settlement)),
                     None => shared.release([taken.delivery.entry_id.as_str()]),
                 }
@@ -460,15 +463,15 @@ async fn record(shared: Arc<Shared>, mut done: mpsc::Receiver<Done>) {
             metrics.push((kind, f.taken.job.attempt, seconds));
             finished.push(f);
         }
-        let answer_within = shared.session.answer_within();
-        let next = batch::record(&shared.pool, shared.policy, answer_within, finished).await;
+        let call_within = shared.call_within();
+        let next = batch::record(&shared.pool, shared.policy, call_within, finished).await;
         let mut settlements = Vec::with_capacity(next.len());
         for (step, (kind, attempt, seconds)) in next.into_iter().zip(metrics) {
             let settlement = match step {
                 Next::Settle(delivery, settlement) => Some((delivery, settlement)),
                 Next::GiveUp(taken, error) => {
                     let settlement =
-                        batch::give_up(&shared.pool, answer_within, &taken, &error).await;
+                        batch::give_up(&shared.pool, call_within, &taken, &error).await;
                     if settlement.is_none() {
                         shared.release([taken.delivery.entry_id.as_str()]);
                     }

@@ -47,11 +47,11 @@ impl From<sqlx::Error> for SweepError {
 }
 
 /// Queues again the jobs of orphaned `pending` rows, if this worker holds the sweep lock for
-/// the next `period`; returns how many. Each transaction is bounded by `answer_within` on this
+/// the next `period`; returns how many. Each transaction is bounded by `call_within` on this
 /// side ([`db::within`]).
 pub async fn sweep(
     pool: &sqlx::PgPool,
-    answer_within: Duration,
+    call_within: Duration,
     queue: &Queue,
     consumer: &str,
     orphan_after: Duration,
@@ -67,7 +67,7 @@ pub async fn sweep(
     let Some(cutoff) = DateTime::<Utc>::from_timestamp_millis(cutoff_ms) else {
         return Ok(0);
     };
-    let stale = db::within(answer_within, async {
+    let stale = db::within(call_within, async {
         let mut tx = CrossTenantTx::begin(pool).await?;
         let stale = enhancements::stale_pending(&mut tx, cutoff, SWEEP_LIMIT).await?;
         tx.finish().await?;
@@ -83,7 +83,7 @@ pub async fn sweep(
         let Ok(tenant) = TenantId::parse(&tenant) else {
             continue;
         };
-        let touched = db::within(answer_within, async {
+        let touched = db::within(call_within, async {
             let mut tx = TenantTx::begin(pool, &tenant).await?;
             let touched = enhancements::touch_stale_pending(&mut tx, &ids, cutoff).await?;
             tx.commit().await?;

@@ -634,3 +634,63 @@ async fn insert_pending(pool: &sqlx::PgPool, tenant: &ai_agents::domain::TenantI
     tx.commit().await.unwrap();
     id
 }
+
+/// The application pool's check of returning connections (`db::connect_lazy`): a connection
+/// that comes back with the server inside a transaction sqlx does not know of (a `BEGIN` whose
+/// caller stopped waiting for its answer) is closed, not handed out, where a bare statement
+/// would run in that transaction and never commit; a healthy one is kept.
+#[tokio::test]
+async fn a_connection_returned_inside_a_transaction_is_not_reused() {
+    use ai_agents::config::{DatabaseConfig, SessionLimits};
+    let db = TestDb::new().await;
+    let pool = ai_agents::db::connect_lazy(&DatabaseConfig {
+        url: secrecy::SecretString::from(db.app_url.clone()),
+        pool_size: 1,
+        min_connections: 0,
+        connect_timeout: std::time::Duration::from_secs(5),
+        session_limits: SessionLimits {
+            statement_timeout: std::time::Duration::from_secs(2),
+            lock_timeout: std::time::Duration::from_secs(1),
+            idle_in_transaction_timeout: std::time::Duration::from_secs(30),
+        },
+    })
+    .expect("pool");
+    let backend = || async {
+        let mut conn = pool.acquire().await.expect("a connection");
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut *conn)
+            .await
+            .expect("pid");
+        (conn, pid)
+    };
+
+    let (conn, first) = backend().await;
+    drop(conn);
+    let (mut conn, kept) = backend().await;
+    assert_eq!(kept, first, "a healthy connection is kept");
+
+    // The server opens a transaction that sqlx's own count of them does not show.
+    sqlx::raw_sql("BEGIN")
+        .execute(&mut *conn)
+        .await
+        .expect("BEGIN");
+    drop(conn);
+    let (mut conn, next) = backend().await;
+    // One simple-protocol message: outside a transaction block, the statement and its own
+    // transaction start at one instant.
+    let in_transaction: bool =
+        sqlx::raw_sql("SELECT transaction_timestamp() <> statement_timestamp()")
+            .fetch_one(&mut *conn)
+            .await
+            .expect("state")
+            .get(0);
+    println!(
+        "connection returned inside a transaction: backend {kept} then {next}; the next one in \
+         a transaction: {in_transaction}"
+    );
+    assert_ne!(
+        next, kept,
+        "the connection left inside a transaction was reused"
+    );
+    assert!(!in_transaction);
+}

@@ -707,14 +707,18 @@ async fn a_frozen_redis_mid_drain_is_ridden_out() {
 
 /// PostgreSQL fails over in the middle of a drain: every connection the worker has open goes
 /// silent for good (the old server neither answers nor resets it), while new connections reach
-/// a live server. Nothing on the server ends those calls; the worker's own bound
-/// (`statement_timeout` plus a margin) does, the silent connections are closed and replaced,
+/// a live server. Nothing on the server ends those calls; the worker's own bound (the pool's
+/// wait for a connection, plus `statement_timeout` and a margin) does, the silent connections
+/// are closed and replaced,
 /// and the drain goes on without losing, doubling or dead-lettering a job. Without that bound
 /// the worker would wait on the old connections for as long as the kernel keeps them.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_postgres_failover_mid_drain_is_ridden_out() {
     const N: usize = RELAY_DRAIN_JOBS;
+    // A call is given up after the pool's wait for a connection and the answer's bound: 3 s +
+    // (1 s + 1 s).
     let (env, relay, worker) = draining_through_a_relay(&[
+        ("AI_AGENTS_DATABASE_CONNECT_TIMEOUT_SECS", "3"),
         ("AI_AGENTS_DATABASE_STATEMENT_TIMEOUT_MS", "1000"),
         ("AI_AGENTS_DATABASE_LOCK_TIMEOUT_MS", "500"),
         ("AI_AGENTS_WORKER_RETRY_BASE_MS", "500"),
