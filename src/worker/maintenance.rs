@@ -47,8 +47,8 @@ pub(super) async fn run(shared: Arc<Shared>, shutdown: CancellationToken, stop: 
                     tracing::warn!(error = &e as &dyn std::error::Error, "retry promotion failed");
                 }
             }
-            // The sweep runs beside the timers, not in their way: its statements may hang on a
-            // stuck database for up to their bound, and the heartbeat must not wait for them.
+            // The sweep runs beside the timers, not in their way: on a stuck database it may
+            // hang for up to its period, and the heartbeat must not wait for it.
             _ = sweep.tick(), if working => {
                 if sweeping.as_ref().is_none_or(tokio::task::JoinHandle::is_finished) {
                     sweeping = Some(tokio::spawn(sweep_once(Arc::clone(&shared))));
@@ -75,7 +75,6 @@ async fn sweep_once(shared: Arc<Shared>) {
         SWEEP_EVERY,
         sweeper::sweep(
             &shared.pool,
-            shared.call_within(),
             shared.consumer.queue(),
             shared.consumer.name(),
             shared.settings.orphan_after,

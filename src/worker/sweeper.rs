@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::retry::JobError;
 use crate::{
     db::{
-        self, enhancements,
+        enhancements,
         scope::{CrossTenantTx, TenantTx},
     },
     domain::TenantId,
@@ -47,11 +47,9 @@ impl From<sqlx::Error> for SweepError {
 }
 
 /// Queues again the jobs of orphaned `pending` rows, if this worker holds the sweep lock for
-/// the next `period`; returns how many. Each transaction is bounded by `call_within` on this
-/// side ([`db::within`]).
+/// the next `period`; returns how many.
 pub async fn sweep(
     pool: &sqlx::PgPool,
-    call_within: Duration,
     queue: &Queue,
     consumer: &str,
     orphan_after: Duration,
@@ -67,13 +65,9 @@ pub async fn sweep(
     let Some(cutoff) = DateTime::<Utc>::from_timestamp_millis(cutoff_ms) else {
         return Ok(0);
     };
-    let stale = db::within(call_within, async {
-        let mut tx = CrossTenantTx::begin(pool).await?;
-        let stale = enhancements::stale_pending(&mut tx, cutoff, SWEEP_LIMIT).await?;
-        tx.finish().await?;
-        Ok::<_, sqlx::Error>(stale)
-    })
-    .await?;
+    let mut tx = CrossTenantTx::begin(pool).await?;
+    let stale = enhancements::stale_pending(&mut tx, cutoff, SWEEP_LIMIT).await?;
+    tx.finish().await?;
     let mut by_tenant: BTreeMap<String, Vec<Uuid>> = BTreeMap::new();
     for (id, tenant) in stale {
         by_tenant.entry(tenant).or_default().push(id);
@@ -83,13 +77,9 @@ pub async fn sweep(
         let Ok(tenant) = TenantId::parse(&tenant) else {
             continue;
         };
-        let touched = db::within(call_within, async {
-            let mut tx = TenantTx::begin(pool, &tenant).await?;
-            let touched = enhancements::touch_stale_pending(&mut tx, &ids, cutoff).await?;
-            tx.commit().await?;
-            Ok::<_, sqlx::Error>(touched)
-        })
-        .await?;
+        let mut tx = TenantTx::begin(pool, &tenant).await?;
+        let touched = enhancements::touch_stale_pending(&mut tx, &ids, cutoff).await?;
+        tx.commit().await?;
         for id in touched {
             // A crash here leaves the row touched without a job: the next sweep after the
             // margin finds it again.
