@@ -19,9 +19,19 @@ use crate::{
 };
 
 /// Runs `cargo ARGS` in the checkout (offline query data), for the binaries under test.
+///
+/// Without the variables `cargo bench` sets for this process: ring's build script watches
+/// `CARGO_MANIFEST_DIR`, so a build that inherits it looks changed to the next plain
+/// `cargo build --release` (and the next bench to it), and each rebuilt TLS and database crates.
 pub fn cargo_build(s: &Settings, args: &[&str]) -> Res<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = std::process::Command::new(cargo)
+    let mut command = std::process::Command::new(cargo);
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(set_by_cargo_for_the_bench) {
+            command.env_remove(&name);
+        }
+    }
+    let status = command
         .args(args)
         .current_dir(&s.root)
         .env("SQLX_OFFLINE", "true")
@@ -32,6 +42,21 @@ pub fn cargo_build(s: &Settings, args: &[&str]) -> Res<()> {
     } else {
         Err(format!("cargo {} failed ({status})", args.join(" ")).into())
     }
+}
+
+/// Whether `name` is one of the variables Cargo sets for the crate it runs (its manifest and
+/// package metadata), not a setting of the user's.
+fn set_by_cargo_for_the_bench(name: &str) -> bool {
+    name.starts_with("CARGO_PKG_")
+        || name.starts_with("CARGO_MANIFEST_")
+        || matches!(
+            name,
+            "CARGO_CRATE_NAME"
+                | "CARGO_BIN_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "CARGO_TARGET_TMPDIR"
+                | "CARGO_RUSTC_CURRENT_DIR"
+        )
 }
 
 /// The static binaries: a full run builds them (a no-op when they are up to date); a smoke run
