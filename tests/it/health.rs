@@ -4,7 +4,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::helpers::{TestApp, TestDb, assert_problem, closed_port, redis_url};
+use futures_util::future::join_all;
+
+use crate::helpers::{
+    Outage, TestApp, TestDb, assert_problem, closed_port, host_port, redis_url, via,
+};
 
 /// `GET /health/ready`, asserting that it answered within its bound (2 s, with 0.5 s for a
 /// loaded machine): a probe never hangs, whatever its dependencies do.
@@ -99,6 +103,35 @@ async fn not_ready_within_two_seconds_when_postgres_hangs() {
     let app = TestApp::spawn_with(db, &url, &redis_url(), |_| {}).await;
     let ready = ready_in_time(&app).await;
     assert_eq!(ready.status(), 503);
+}
+
+/// Probes that arrive together share one question to PostgreSQL. Asked one after another, a
+/// burst of probes (anyone may send them) on a slow but healthy database would queue the
+/// kubelet's behind them until it ran out of time, and that probe would drop a connection that
+/// was merely slow: the replica out of service with nothing down.
+#[tokio::test]
+async fn a_burst_of_probes_on_a_slow_database_shares_one_answer() {
+    let db = TestDb::new().await;
+    let relay = Outage::relay(&host_port(&db.app_url)).await;
+    let url = via(&db.app_url, relay.addr);
+    let app = TestApp::spawn_with(db, &url, &redis_url(), |_| {}).await;
+    assert_eq!(
+        ready_in_time(&app).await.status(),
+        200,
+        "before the slowdown"
+    );
+
+    relay.slow_down(Duration::from_millis(600));
+    let started = Instant::now();
+    let burst = join_all((0..8).map(|_| ready_in_time(&app))).await;
+    let statuses: Vec<u16> = burst.iter().map(|r| r.status().as_u16()).collect();
+    let after = ready_in_time(&app).await.status();
+    println!(
+        "8 probes with 600 ms to every answer: {statuses:?} in {:.2?}; the next one: {after}",
+        started.elapsed()
+    );
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(after, 200, "the slow connection was kept");
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! Faults a test injects without disturbing the shared services: a TCP relay it can cut (an
 //! outage of PostgreSQL or Redis as the service sees it), freeze, or strand (a failover as the
-//! service sees it), and a Redis of its own that it may restart, freeze or stop.
+//! service sees it) or slow down (a healthy server far away or under load), and a Redis of its
+//! own that it may restart, freeze or stop.
 
 use std::{
     net::SocketAddr,
@@ -24,6 +25,8 @@ pub struct Outage {
     up: Arc<AtomicBool>,
     cut: watch::Sender<u64>,
     frozen: watch::Sender<bool>,
+    /// How long each chunk from the server waits before it is delivered.
+    latency: watch::Sender<Duration>,
     /// Connections numbered below this are stranded.
     stranded: watch::Sender<u64>,
     accepted: Arc<AtomicU64>,
@@ -37,10 +40,12 @@ impl Outage {
         let up = Arc::new(AtomicBool::new(true));
         let (cut, _) = watch::channel(0_u64);
         let (frozen, _) = watch::channel(false);
+        let (latency, _) = watch::channel(Duration::ZERO);
         let (stranded, _) = watch::channel(0_u64);
         let accepted = Arc::new(AtomicU64::new(0));
         let target = target.to_owned();
         let (state, cuts, freezes) = (Arc::clone(&up), cut.clone(), frozen.clone());
+        let latencies = latency.clone();
         let (strands, count) = (stranded.clone(), Arc::clone(&accepted));
         tokio::spawn(async move {
             loop {
@@ -54,12 +59,13 @@ impl Outage {
                 let target = target.clone();
                 let mut cut_rx = cuts.subscribe();
                 let number = count.fetch_add(1, Ordering::SeqCst);
-                let hold = |frozen: &watch::Sender<bool>| Hold {
-                    frozen: frozen.subscribe(),
+                let hold = |latency: Option<&watch::Sender<Duration>>| Hold {
+                    frozen: freezes.subscribe(),
                     stranded: strands.subscribe(),
+                    latency: latency.map(watch::Sender::subscribe),
                     number,
                 };
-                let (to_server, to_client) = (hold(&freezes), hold(&freezes));
+                let (to_server, to_client) = (hold(None), hold(Some(&latencies)));
                 tokio::spawn(async move {
                     let Ok(outbound) = tokio::net::TcpStream::connect(&target).await else {
                         return;
@@ -79,9 +85,15 @@ impl Outage {
             up,
             cut,
             frozen,
+            latency,
             stranded,
             accepted,
         }
+    }
+
+    /// Delays every answer of the server by `latency` (zero: no delay); nothing is lost.
+    pub fn slow_down(&self, latency: Duration) {
+        self.latency.send_replace(latency);
     }
 
     /// Holds for good every byte of the connections open now, which stay open; new ones are
@@ -120,6 +132,8 @@ struct Hold {
     frozen: watch::Receiver<bool>,
     /// For good, once this is above the connection's number.
     stranded: watch::Receiver<u64>,
+    /// Each chunk waits this long (the server's direction only).
+    latency: Option<watch::Receiver<Duration>>,
     number: u64,
 }
 
@@ -141,6 +155,13 @@ async fn pump(
         }
         if hold.frozen.wait_for(|frozen| !frozen).await.is_err() {
             return;
+        }
+        let delay = hold
+            .latency
+            .as_ref()
+            .map_or(Duration::ZERO, |l| *l.borrow());
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
         }
         if to.write_all(&buf[..n]).await.is_err() {
             return;
