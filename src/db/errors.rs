@@ -72,6 +72,24 @@ fn sqlstate(code: &str) -> Failure {
     }
 }
 
+/// Whether `e` says that the connection the call went out on is gone (the server ended the
+/// session, or the socket broke), rather than that the server refused the call. A pooled
+/// connection back for a moment is handed out again without a ping, so the first call on it
+/// is the first to learn this; a call that starts nothing yet (a transaction's `BEGIN`) may be
+/// sent again on another connection. The pool's own connection attempts do not end so: it
+/// retries them until its wait is over, then says [`sqlx::Error::PoolTimedOut`].
+pub fn connection_lost(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) => true,
+        // admin_shutdown (`pg_terminate_backend`, a fast shutdown), crash_shutdown, and the
+        // connection exceptions.
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| matches!(&*code, "57P01" | "57P02") || code.starts_with("08")),
+        _ => false,
+    }
+}
+
 /// Whether the same call may succeed later (see [`Failure::is_transient`]).
 pub fn is_transient(e: &sqlx::Error) -> bool {
     classify(e).is_transient()
@@ -137,6 +155,19 @@ mod tests {
         assert_eq!(classify(&sqlx::Error::PoolTimedOut), Failure::Unavailable);
         assert!(is_transient(&sqlx::Error::PoolTimedOut));
         assert!(!is_transient(&sqlx::Error::RowNotFound));
+    }
+
+    /// Only a connection that is gone is worth the same call again at once: not a pool that
+    /// waited out its time, nor a statement the server refused.
+    #[test]
+    fn a_lost_connection_is_told_from_a_refused_call() {
+        let broken = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(connection_lost(&sqlx::Error::Io(broken)));
+        assert!(connection_lost(&sqlx::Error::Protocol(
+            "connection closed".into()
+        )));
+        assert!(!connection_lost(&sqlx::Error::PoolTimedOut));
+        assert!(!connection_lost(&sqlx::Error::RowNotFound));
     }
 
     /// Violations of a named constraint are the tests of the API (409 for a duplicate tenant,
