@@ -16,6 +16,8 @@ pub use errors::{Failure, ResultExt, classify, is_transient};
 
 use std::{str::FromStr, time::Duration};
 
+use backon::{ConstantBuilder, Retryable};
+
 use secrecy::ExposeSecret;
 use sqlx::{
     Acquire, ConnectOptions, Connection, PgConnection, PgPool, Postgres, Row,
@@ -178,6 +180,29 @@ pub async fn within<T, E: From<sqlx::Error>>(
             ),
         ))))
     })
+}
+
+/// `call` (one call on `pool` that is safe to send twice: a transaction's start, or one of the
+/// worker's fenced batch calls), sent again on another connection while the one it got turns
+/// out to be gone ([`errors::connection_lost`]). The pool hands out a connection back for
+/// under [`RECENTLY_CHECKED`] without a ping, so when the server has ended its sessions
+/// (`pg_terminate_backend`, a pooler or failover manager), the next call is the first to learn
+/// it. Every pooled connection may be gone: at most one try per connection and one more for a
+/// new one. A dead connection fails at once, so this adds no waiting.
+pub async fn on_a_live_connection<T, F, Fut>(pool: &PgPool, call: F) -> Result<T, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, sqlx::Error>>,
+{
+    let connections = usize::try_from(pool.options().get_max_connections()).unwrap_or(usize::MAX);
+    call.retry(
+        ConstantBuilder::default()
+            .with_delay(Duration::ZERO)
+            .with_max_times(connections),
+    )
+    .when(errors::connection_lost)
+    .notify(|e, _| tracing::debug!(error = %e, "pooled connection was gone; another one"))
+    .await
 }
 
 /// A pool for applying or reverting migrations: without the statement and lock bounds, which

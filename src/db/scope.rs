@@ -5,12 +5,9 @@
 //! carries one tenant's context into another request. Repositories take a `&mut TenantTx` (or a
 //! [`CrossTenantTx`] for the admin's read-only listings), never a bare pool or connection.
 
-use std::time::Duration;
-
-use backon::{ConstantBuilder, Retryable};
 use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, Transaction};
 
-use super::{errors::connection_lost, slots::TenantSlot};
+use super::{on_a_live_connection, slots::TenantSlot};
 use crate::domain::TenantId;
 
 /// A transaction in which row-level security admits exactly one tenant's rows.
@@ -118,29 +115,6 @@ impl CrossTenantTx {
     pub async fn finish(self) -> Result<(), sqlx::Error> {
         self.tx.commit().await
     }
-}
-
-/// `begin` (a pooled connection and the start of a transaction on it, nothing written yet), on
-/// another connection while the one it got turns out to be gone ([`connection_lost`]). The
-/// pool hands out a connection back for a moment without a ping, so when the server ended its
-/// sessions (`pg_terminate_backend`, a pooler or failover manager), the next request would
-/// otherwise fail for it. Every pooled connection may be gone: at most one try per connection,
-/// and one more for a new one. A dead connection fails at once, so this adds no waiting.
-async fn on_a_live_connection<T, F, Fut>(pool: &PgPool, begin: F) -> Result<T, sqlx::Error>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, sqlx::Error>>,
-{
-    let connections = usize::try_from(pool.options().get_max_connections()).unwrap_or(usize::MAX);
-    begin
-        .retry(
-            ConstantBuilder::default()
-                .with_delay(Duration::ZERO)
-                .with_max_times(connections),
-        )
-        .when(connection_lost)
-        .notify(|e, _| tracing::debug!(error = %e, "pooled connection was gone; another one"))
-        .await
 }
 
 /// `text` as a PostgreSQL escape-string literal (`E'...'`), whose backslash rules do not depend

@@ -20,7 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{
     ApiProcess, Outage, OwnRedis, TEST_TOKEN, TestDb, assert_problem, closed_port, content_type,
-    eventually, host_port, queue_prefix, redis_pool, redis_url, test_vars, via, worker::Worker,
+    eventually, host_port, queue_prefix, redis_pool, redis_url, terminate_sessions, test_vars, via,
+    worker::Worker,
 };
 
 /// Variables of an API on a fresh database, with `extra` on top.
@@ -447,20 +448,11 @@ async fn requests_right_after_their_connections_are_terminated_succeed() {
             })
         })
         .collect();
-    let mut operator = PgConnection::connect(&db.app_url).await.expect("connect");
     let mut kills = Vec::new();
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(400)).await;
-        let began = Instant::now();
-        let killed: i64 = sqlx::query_scalar(
-            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
-             WHERE usename = current_user AND datname = current_database()
-               AND pid <> pg_backend_pid()",
-        )
-        .fetch_one(&mut operator)
-        .await
-        .expect("terminate");
-        kills.push((began, Instant::now(), killed));
+        let (killed, began, ended) = terminate_sessions(&db.app_url).await;
+        kills.push((began, ended, killed));
     }
     tokio::time::sleep(Duration::from_millis(400)).await;
     stop.cancel();

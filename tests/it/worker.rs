@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::helpers::{
     Outage, OwnRedis, TestApp, TestDb, WORKER, command, eventually, host_port, queue_prefix,
-    redis_pool, redis_url, test_vars, via,
+    redis_pool, redis_url, terminate_sessions, test_vars, via,
     worker::{
         Env, TENANT, Worker, assert_all_completed_once, bad_tenant_job, enhancement_job, stats,
         until_completed, until_idle,
@@ -611,6 +611,45 @@ async fn postgres_outage_mid_drain_is_ridden_out() {
     );
     assert!(most_retrying > 0, "the outage was not noticed");
     finishes_cleanly(&env, N, &worker, Duration::from_secs(30), cut).await;
+}
+
+/// The server ends the worker's sessions three times mid-drain (`pg_terminate_backend`, as an
+/// operator, a pooler or a failover manager does). A call under way at that moment fails, and
+/// its jobs are retried; the calls after it go out on other connections, also those the pool
+/// hands out without a ping. Nothing is lost, doubled, failed or dead-lettered.
+#[tokio::test(flavor = "multi_thread")]
+async fn sessions_ended_by_the_server_mid_drain_are_ridden_out() {
+    const N: usize = RELAY_DRAIN_JOBS;
+    let env = Env::new().await;
+    env.plan("*", 0, 20).await;
+    env.insert_and_enqueue(N).await;
+    let worker = Worker::start(&env.worker_vars(&[
+        ("AI_AGENTS_WORKER_RETRY_BASE_MS", "200"),
+        ("AI_AGENTS_WORKER_MAX_RETRIES", "5"),
+    ]));
+    assert!(
+        until_completed(&env, 40, Duration::from_secs(20)).await,
+        "{}",
+        worker.log()
+    );
+    let first = Instant::now();
+    let mut ended = Vec::new();
+    for _ in 0..3 {
+        ended.push(terminate_sessions(&env.app_url).await.0);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let done_then = env.completed().await;
+    let took = finishes_cleanly(&env, N, &worker, Duration::from_secs(30), first).await;
+    let retried = worker.log().matches("will retry").count();
+    println!(
+        "sessions ended three times ({ended:?}), {done_then} of {N} done after the last; all \
+         completed once {took:.1?} after the first; {retried} job attempts retried"
+    );
+    assert!(done_then < N as i64, "the drain ended too early to matter");
+    assert!(
+        ended.iter().all(|n| *n > 0),
+        "the worker had sessions: {ended:?}"
+    );
 }
 
 /// Jobs in the relay drains: enough that a fault 40 jobs in finds most of them still queued.

@@ -30,7 +30,8 @@ pub use app::{
 pub use outage::{Outage, OwnRedis};
 pub use process::{API, ApiProcess, Run, WORKER, command, run, signal};
 pub use services::{
-    TestDb, app_role, closed_port, host_port, owner_url, queue_prefix, redis_pool, redis_url, via,
+    TestDb, app_role, closed_port, host_port, owner_url, queue_prefix, redis_pool, redis_url,
+    terminate_sessions, via,
 };
 
 /// Polls `check` every 50 ms until it is true or `limit` passes; whether it became true.

@@ -166,6 +166,25 @@ pub fn via(url: &str, addr: SocketAddr) -> String {
     url.replacen(&host_port(url), &addr.to_string(), 1)
 }
 
+/// Ends every other session of the role and database of `app_url` (`pg_terminate_backend`,
+/// as an operator, a pooler or a failover manager does); how many there were, and when the
+/// call was sent and answered.
+pub async fn terminate_sessions(app_url: &str) -> (i64, std::time::Instant, std::time::Instant) {
+    let mut operator = PgConnection::connect(app_url).await.expect("connect");
+    let sent = std::time::Instant::now();
+    let ended: i64 = sqlx::query_scalar(
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
+         WHERE usename = current_user AND datname = current_database()
+           AND pid <> pg_backend_pid()",
+    )
+    .fetch_one(&mut operator)
+    .await
+    .expect("terminate");
+    let answered = std::time::Instant::now();
+    operator.close().await.ok();
+    (ended, sent, answered)
+}
+
 /// A free TCP port on loopback with nothing listening (bound, then released).
 pub fn closed_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
