@@ -257,10 +257,7 @@ async fn redis_down_means_503_fast_and_no_orphan_row() {
 
 #[tokio::test]
 async fn database_down_means_503_and_recovery() {
-    let db = TestDb::new().await;
-    let relay = Outage::relay(&host_port(&db.app_url)).await;
-    let app_url = via(&db.app_url, relay.addr);
-    let app = TestApp::spawn_with(db, &app_url, &redis_url(), |_| {}).await;
+    let (app, relay) = TestApp::behind_a_relay().await;
     app.create_tenant("acme").await;
 
     relay.down();

@@ -6,9 +6,7 @@ use serde_json::Value;
 
 use futures_util::future::join_all;
 
-use crate::helpers::{
-    Outage, TestApp, TestDb, assert_problem, closed_port, host_port, redis_url, via,
-};
+use crate::helpers::{TestApp, TestDb, assert_problem, closed_port, redis_url};
 
 /// `GET /health/ready`, asserting that it answered within its bound (2 s, with 0.5 s for a
 /// loaded machine): a probe never hangs, whatever its dependencies do.
@@ -111,10 +109,7 @@ async fn not_ready_within_two_seconds_when_postgres_hangs() {
 /// was merely slow: the replica out of service with nothing down.
 #[tokio::test]
 async fn a_burst_of_probes_on_a_slow_database_shares_one_answer() {
-    let db = TestDb::new().await;
-    let relay = Outage::relay(&host_port(&db.app_url)).await;
-    let url = via(&db.app_url, relay.addr);
-    let app = TestApp::spawn_with(db, &url, &redis_url(), |_| {}).await;
+    let (app, relay) = TestApp::behind_a_relay().await;
     assert_eq!(
         ready_in_time(&app).await.status(),
         200,

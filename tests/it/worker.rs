@@ -585,7 +585,7 @@ async fn redis_restart_with_aof_keeps_queued_jobs() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_outage_mid_drain_is_ridden_out() {
-    const N: usize = RELAY_DRAIN_JOBS;
+    const N: usize = MID_DRAIN_JOBS;
     let (env, relay, worker) = draining_through_a_relay(&[
         ("AI_AGENTS_WORKER_RETRY_BASE_MS", "500"),
         ("AI_AGENTS_WORKER_MAX_RETRIES", "3"),
@@ -619,19 +619,13 @@ async fn postgres_outage_mid_drain_is_ridden_out() {
 /// hands out without a ping. Nothing is lost, doubled, failed or dead-lettered.
 #[tokio::test(flavor = "multi_thread")]
 async fn sessions_ended_by_the_server_mid_drain_are_ridden_out() {
-    const N: usize = RELAY_DRAIN_JOBS;
+    const N: usize = MID_DRAIN_JOBS;
     let env = Env::new().await;
-    env.plan("*", 0, 20).await;
-    env.insert_and_enqueue(N).await;
-    let worker = Worker::start(&env.worker_vars(&[
+    let vars = env.worker_vars(&[
         ("AI_AGENTS_WORKER_RETRY_BASE_MS", "200"),
         ("AI_AGENTS_WORKER_MAX_RETRIES", "5"),
-    ]));
-    assert!(
-        until_completed(&env, 40, Duration::from_secs(20)).await,
-        "{}",
-        worker.log()
-    );
+    ]);
+    let worker = drain_under_way(&env, &vars).await;
     let first = Instant::now();
     let mut ended = Vec::new();
     for _ in 0..3 {
@@ -652,25 +646,35 @@ async fn sessions_ended_by_the_server_mid_drain_are_ridden_out() {
     );
 }
 
-/// Jobs in the relay drains: enough that a fault 40 jobs in finds most of them still queued.
-const RELAY_DRAIN_JOBS: usize = 300;
+/// Jobs in the drains that a fault interrupts: enough that a fault 40 jobs in finds most of
+/// them still queued.
+const MID_DRAIN_JOBS: usize = 300;
 
-/// [`RELAY_DRAIN_JOBS`] jobs of 20 ms each, drained by a worker (settings `extra` on top of the tests') whose
-/// PostgreSQL is behind a relay; returns once 40 of them are done.
-async fn draining_through_a_relay(extra: &[(&str, &str)]) -> (Env, Outage, Worker) {
-    let env = Env::new().await;
+/// [`MID_DRAIN_JOBS`] jobs of 20 ms each queued in `env`, and a worker started with `vars`
+/// draining them; returns once 40 of them are done.
+async fn drain_under_way(env: &Env, vars: &HashMap<String, String>) -> Worker {
     env.plan("*", 0, 20).await;
-    env.insert_and_enqueue(RELAY_DRAIN_JOBS).await;
-    let relay = Outage::relay(&host_port(&env.app_url)).await;
-    let through_relay = via(&env.app_url, relay.addr);
-    let mut vars = env.worker_vars(extra);
-    vars.insert("AI_AGENTS_DATABASE_URL".into(), through_relay);
-    let worker = Worker::start(&vars);
+    env.insert_and_enqueue(MID_DRAIN_JOBS).await;
+    let worker = Worker::start(vars);
     assert!(
-        until_completed(&env, 40, Duration::from_secs(20)).await,
+        until_completed(env, 40, Duration::from_secs(20)).await,
         "{}",
         worker.log()
     );
+    worker
+}
+
+/// [`drain_under_way`] by a worker (settings `extra` on top of the tests') whose PostgreSQL is
+/// behind a relay.
+async fn draining_through_a_relay(extra: &[(&str, &str)]) -> (Env, Outage, Worker) {
+    let env = Env::new().await;
+    let relay = Outage::relay(&host_port(&env.app_url)).await;
+    let mut vars = env.worker_vars(extra);
+    vars.insert(
+        "AI_AGENTS_DATABASE_URL".into(),
+        via(&env.app_url, relay.addr),
+    );
+    let worker = drain_under_way(&env, &vars).await;
     (env, relay, worker)
 }
 
@@ -707,24 +711,18 @@ async fn finishes_cleanly(
 /// finish the drain soon after Redis answers again, the entries of its lost reads included.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_frozen_redis_mid_drain_is_ridden_out() {
-    const N: usize = 300;
+    const N: usize = MID_DRAIN_JOBS;
     let redis = OwnRedis::start().await;
     let env = Env::on_redis(&redis.url()).await;
-    env.plan("*", 0, 20).await;
-    env.insert_and_enqueue(N).await;
     // Commands time out after 1 s: the freeze outlasts them, so reads and settles fail and are
     // retried (a freeze shorter than the timeout only delays them). A read that timed out is
     // still carried out when Redis thaws; its entries must come back well before the reclaim
     // time of 60 s.
-    let worker = Worker::start(&env.worker_vars(&[
+    let vars = env.worker_vars(&[
         ("AI_AGENTS_REDIS_POOL_TIMEOUT_SECS", "1"),
         ("AI_AGENTS_WORKER_RECLAIM_AFTER_SECS", "60"),
-    ]));
-    assert!(
-        until_completed(&env, 40, Duration::from_secs(20)).await,
-        "{}",
-        worker.log()
-    );
+    ]);
+    let worker = drain_under_way(&env, &vars).await;
 
     redis.freeze();
     let frozen_at = env.completed().await;
@@ -753,7 +751,7 @@ async fn a_frozen_redis_mid_drain_is_ridden_out() {
 /// the worker would wait on the old connections for as long as the kernel keeps them.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_postgres_failover_mid_drain_is_ridden_out() {
-    const N: usize = RELAY_DRAIN_JOBS;
+    const N: usize = MID_DRAIN_JOBS;
     // A call is given up after the pool's wait for a connection and the answer's bound: 3 s +
     // (1 s + 1 s).
     let (env, relay, worker) = draining_through_a_relay(&[

@@ -11,7 +11,7 @@ use ai_agents::{
 };
 use serde_json::{Value, json};
 
-use super::{TestDb, queue_prefix, redis_url};
+use super::{Outage, TestDb, host_port, queue_prefix, redis_url, via};
 
 /// A valid encryption key for tests.
 pub const TEST_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
@@ -77,6 +77,18 @@ impl TestApp {
         let db = TestDb::new().await;
         let url = db.app_url.clone();
         Self::spawn_with(db, &url, &redis_url(), |_| {}).await
+    }
+
+    /// An API on a fresh database that it reaches through a relay, which the test may cut,
+    /// freeze or slow down.
+    pub async fn behind_a_relay() -> (Self, Outage) {
+        let db = TestDb::new().await;
+        let relay = Outage::relay(&host_port(&db.app_url)).await;
+        let url = via(&db.app_url, relay.addr);
+        (
+            Self::spawn_with(db, &url, &redis_url(), |_| {}).await,
+            relay,
+        )
     }
 
     /// An API with explicit URLs and variable overrides.
