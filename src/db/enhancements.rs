@@ -17,7 +17,10 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::scope::{CrossTenantTx, TenantTx};
+use super::{
+    on_a_live_connection,
+    scope::{CrossTenantTx, TenantTx},
+};
 use crate::domain::{EnhancementStatus, TenantId, TicketId};
 
 /// An enhancement as stored.
@@ -262,15 +265,23 @@ pub async fn claim(
     let claims: Vec<&str> = requests.iter().map(|r| r.claim).collect();
     let takeovers: Vec<Option<&str>> = requests.iter().map(|r| r.takeover_from).collect();
     let lock_wait_ms = i32::try_from(lock_timeout.as_millis()).unwrap_or(i32::MAX);
-    let moved: Vec<Uuid> = sqlx::query_scalar(
-        "SELECT id FROM claim_jobs($1::text[], $2::uuid[], $3::text[], $4::text[], $5) AS id",
-    )
-    .bind(&tenants)
-    .bind(&ids)
-    .bind(&claims)
-    .bind(&takeovers)
-    .bind(lock_wait_ms)
-    .fetch_all(pool)
+    // Safe to send twice: a claim this delivery already made is made again.
+    let moved: Vec<Uuid> = on_a_live_connection(pool, |mut connection| {
+        let (tenants, ids, claims, takeovers) = (&tenants, &ids, &claims, &takeovers);
+        async move {
+            sqlx::query_scalar(
+                "SELECT id FROM claim_jobs($1::text[], $2::uuid[], $3::text[], $4::text[], $5) \
+                 AS id",
+            )
+            .bind(tenants)
+            .bind(ids)
+            .bind(claims)
+            .bind(takeovers)
+            .bind(lock_wait_ms)
+            .fetch_all(&mut *connection)
+            .await
+        }
+    })
     .await?;
     if moved.len() == requests.len() {
         return Ok(vec![ClaimOutcome::Claimed; requests.len()]);
@@ -344,17 +355,27 @@ pub async fn complete(
         .map(|c| c.context_gathered.to_string())
         .collect();
     let outputs: Vec<Option<&str>> = completions.iter().map(|c| c.llm_output).collect();
-    let done: Vec<Uuid> = sqlx::query_scalar(
-        "SELECT id FROM complete_jobs($1::text[], $2::uuid[], $3::text[], $4::int4[], \
-         $5::text[], $6::text[]) AS id",
-    )
-    .bind(&tenants)
-    .bind(&ids)
-    .bind(&claims)
-    .bind(&times)
-    .bind(&gathered)
-    .bind(&outputs)
-    .fetch_all(pool)
+    // Safe to send twice: a row the first call completed is no longer this claim's
+    // `processing` row, so the second reports it not recorded (and the redelivery, finding it
+    // final, acknowledges it).
+    let done: Vec<Uuid> = on_a_live_connection(pool, |mut connection| {
+        let (tenants, ids, claims, times) = (&tenants, &ids, &claims, &times);
+        let (gathered, outputs) = (&gathered, &outputs);
+        async move {
+            sqlx::query_scalar(
+                "SELECT id FROM complete_jobs($1::text[], $2::uuid[], $3::text[], $4::int4[], \
+                 $5::text[], $6::text[]) AS id",
+            )
+            .bind(tenants)
+            .bind(ids)
+            .bind(claims)
+            .bind(times)
+            .bind(gathered)
+            .bind(outputs)
+            .fetch_all(&mut *connection)
+            .await
+        }
+    })
     .await?;
     Ok(ids.iter().map(|id| done.contains(id)).collect())
 }

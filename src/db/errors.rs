@@ -72,20 +72,19 @@ fn sqlstate(code: &str) -> Failure {
     }
 }
 
-/// Whether `e` says that the connection the call went out on is gone (the server ended the
-/// session, or the socket broke), rather than that the server refused the call. A pooled
-/// connection back for a moment is handed out again without a ping, so the first call on it
-/// is the first to learn this; a call that starts nothing yet (a transaction's `BEGIN`) may be
-/// sent again on another connection. The pool's own connection attempts do not end so: it
-/// retries them until its wait is over, then says [`sqlx::Error::PoolTimedOut`].
+/// Whether `e`, from a call on a connection the pool handed out, says that the connection is
+/// gone (the server ended the session, or the socket broke) rather than that the server refused
+/// the call: such a call may be sent again on another connection
+/// ([`super::on_a_live_connection`]). Not for the pool's own errors, whose I/O errors come from
+/// opening a connection.
 pub fn connection_lost(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Io(_) | sqlx::Error::Protocol(_) => true,
-        // admin_shutdown (`pg_terminate_backend`, a fast shutdown), crash_shutdown, and the
-        // connection exceptions.
+        // admin_shutdown (`pg_terminate_backend`, a fast shutdown) and crash_shutdown, which
+        // the server sends to the sessions it ends.
         sqlx::Error::Database(db) => db
             .code()
-            .is_some_and(|code| matches!(&*code, "57P01" | "57P02") || code.starts_with("08")),
+            .is_some_and(|code| matches!(&*code, "57P01" | "57P02")),
         _ => false,
     }
 }

@@ -16,12 +16,11 @@ pub use errors::{Failure, ResultExt, classify, is_transient};
 
 use std::{str::FromStr, time::Duration};
 
-use backon::{ConstantBuilder, Retryable};
-
 use secrecy::ExposeSecret;
 use sqlx::{
     Acquire, ConnectOptions, Connection, PgConnection, PgPool, Postgres, Row,
     migrate::{Migrate, MigrateError, Migrator},
+    pool::PoolConnection,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
@@ -98,6 +97,7 @@ const RECENTLY_CHECKED: Duration = Duration::from_millis(100);
 /// Builds the application pool without connecting; connections open on first use, each with
 /// the session limits of `config`.
 pub fn connect_lazy(config: &DatabaseConfig) -> Result<PgPool, DbSetupError> {
+    let answer_within = config.session_limits.answer_within();
     let options = PgPoolOptions::new()
         .max_connections(config.pool_size)
         .min_connections(config.min_connections)
@@ -107,21 +107,22 @@ pub fn connect_lazy(config: &DatabaseConfig) -> Result<PgPool, DbSetupError> {
         // PostgreSQL restart the dead ones are replaced instead of failing the first requests
         // (contract section 9; hostile::the_first_requests_after_a_postgres_…). One back in the
         // pool for less than `RECENTLY_CHECKED` is not: sqlx pings every connection as it comes
-        // back, and no restart fits in that gap. Under load this saves a round trip per use
-        // (the worker's claim of a batch is one call: without this, two round trips).
+        // back, and no restart fits in that gap (sessions ended by the server in it are met by
+        // `on_a_live_connection`). Under load this saves a round trip per use (the worker's
+        // claim of a batch is one call: without this, two round trips). The ping is bounded: a
+        // connection stranded by a failover never answers, and sqlx would wait for it until
+        // the caller's wait for a connection ran out; past the bound it is closed and another
+        // one handed out.
         .test_before_acquire(false)
-        .before_acquire(|conn, meta| {
+        .before_acquire(move |conn, meta| {
             Box::pin(async move {
                 if meta.idle_for >= RECENTLY_CHECKED {
-                    conn.ping().await?;
+                    within(answer_within, conn.ping()).await?;
                 }
                 Ok(true)
             })
         });
-    Ok(
-        closing_silent_connections(options, config.session_limits.answer_within())
-            .connect_lazy_with(app_options(config)?),
-    )
+    Ok(closing_silent_connections(options, answer_within).connect_lazy_with(app_options(config)?))
 }
 
 /// `options` with a bounded check of every connection that comes back to the pool: it must
@@ -182,27 +183,34 @@ pub async fn within<T, E: From<sqlx::Error>>(
     })
 }
 
-/// `call` (one call on `pool` that is safe to send twice: a transaction's start, or one of the
-/// worker's fenced batch calls), sent again on another connection while the one it got turns
-/// out to be gone ([`errors::connection_lost`]). The pool hands out a connection back for
-/// under [`RECENTLY_CHECKED`] without a ping, so when the server has ended its sessions
-/// (`pg_terminate_backend`, a pooler or failover manager), the next call is the first to learn
-/// it. Every pooled connection may be gone: at most one try per connection and one more for a
-/// new one. A dead connection fails at once, so this adds no waiting.
-pub async fn on_a_live_connection<T, F, Fut>(pool: &PgPool, call: F) -> Result<T, sqlx::Error>
+/// `call` on a connection of `pool`, and on another one while the connection it got turns out
+/// to be gone ([`errors::connection_lost`]). Only for a call that is safe to send twice: a
+/// transaction's start, or a fenced statement of the worker's.
+///
+/// The pool hands out a connection back for under [`RECENTLY_CHECKED`] without a ping, so when
+/// the server has ended its sessions (`pg_terminate_backend`, a pooler or failover manager),
+/// the next call on one is the first to learn it. Only the call is tried again: the pool's own
+/// errors (its wait ran out, a new connection could not be opened) are returned as they are,
+/// since another try would wait again for the same outage. Every pooled connection may be
+/// gone: at most one try per connection, and one more on a new one. A gone connection fails at
+/// once, and is closed when it comes back to the pool.
+pub async fn on_a_live_connection<T, F, Fut>(pool: &PgPool, mut call: F) -> Result<T, sqlx::Error>
 where
-    F: FnMut() -> Fut,
+    F: FnMut(PoolConnection<Postgres>) -> Fut,
     Fut: Future<Output = Result<T, sqlx::Error>>,
 {
-    let connections = usize::try_from(pool.options().get_max_connections()).unwrap_or(usize::MAX);
-    call.retry(
-        ConstantBuilder::default()
-            .with_delay(Duration::ZERO)
-            .with_max_times(connections),
-    )
-    .when(errors::connection_lost)
-    .notify(|e, _| tracing::debug!(error = %e, "pooled connection was gone; another one"))
-    .await
+    let tries = pool.options().get_max_connections().saturating_add(1);
+    let mut tried = 0;
+    loop {
+        let connection = pool.acquire().await?;
+        tried += 1;
+        match call(connection).await {
+            Err(e) if tried < tries && errors::connection_lost(&e) => {
+                tracing::debug!(error = %e, "pooled connection was gone; another one");
+            }
+            answered => return answered,
+        }
+    }
 }
 
 /// A pool for applying or reverting migrations: without the statement and lock bounds, which

@@ -5,7 +5,7 @@
 //! carries one tenant's context into another request. Repositories take a `&mut TenantTx` (or a
 //! [`CrossTenantTx`] for the admin's read-only listings), never a bare pool or connection.
 
-use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, Transaction};
+use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, SqlSafeStr, Transaction};
 
 use super::{on_a_live_connection, slots::TenantSlot};
 use crate::domain::TenantId;
@@ -46,8 +46,13 @@ impl TenantTx {
             "BEGIN; SELECT set_config('app.current_tenant_id', {}, true)",
             sql_literal(tenant.as_str())
         );
-        let tx = on_a_live_connection(pool, || pool.begin_with(AssertSqlSafe(statement.clone())))
-            .await?;
+        let tx = on_a_live_connection(pool, |connection| {
+            Transaction::begin(
+                connection,
+                Some(AssertSqlSafe(statement.clone()).into_sql_str()),
+            )
+        })
+        .await?;
         Ok(Self {
             tx,
             tenant: tenant.clone(),
@@ -93,8 +98,8 @@ pub struct CrossTenantTx {
 impl CrossTenantTx {
     /// Begins a read-only cross-tenant transaction.
     pub async fn begin(pool: &PgPool) -> Result<Self, sqlx::Error> {
-        let begin = || async {
-            let mut tx = pool.begin().await?;
+        let begin = |connection| async {
+            let mut tx = Transaction::begin(connection, None).await?;
             sqlx::query!("SET TRANSACTION READ ONLY")
                 .execute(&mut *tx)
                 .await?;

@@ -219,10 +219,7 @@ async fn claim_in_one(
     bounds: ClaimBounds,
     requests: &[ClaimRequest<'_>],
 ) -> Result<Vec<ClaimOutcome>, JobError> {
-    // Safe to send twice: a claim already made by this delivery is made again.
-    let claim = db::on_a_live_connection(pool, || {
-        enhancements::claim(pool, requests, bounds.lock_wait)
-    });
+    let claim = enhancements::claim(pool, requests, bounds.lock_wait);
     Ok(db::within(bounds.call_within, claim).await?)
 }
 
@@ -326,11 +323,7 @@ async fn complete_in_one(
             })
         })
         .collect();
-    // Safe to send twice: a row the first call completed is not this claim's `processing`
-    // row any more, and the second reports it as not recorded (the redelivery then finds it
-    // final and acknowledges it).
-    let complete = db::on_a_live_connection(pool, || enhancements::complete(pool, &completions));
-    Ok(db::within(call_within, complete).await?)
+    Ok(db::within(call_within, enhancements::complete(pool, &completions)).await?)
 }
 
 /// Marks the row of a job given up `failed` with `error`, under its claim, retrying while the

@@ -624,6 +624,7 @@ async fn sessions_ended_by_the_server_mid_drain_are_ridden_out() {
     let vars = env.worker_vars(&[
         ("AI_AGENTS_WORKER_RETRY_BASE_MS", "200"),
         ("AI_AGENTS_WORKER_MAX_RETRIES", "5"),
+        ("AI_AGENTS_LOG_LEVEL", "info,ai_agents::db=debug"),
     ]);
     let worker = drain_under_way(&env, &vars).await;
     let first = Instant::now();
@@ -634,12 +635,21 @@ async fn sessions_ended_by_the_server_mid_drain_are_ridden_out() {
     }
     let done_then = env.completed().await;
     let took = finishes_cleanly(&env, N, &worker, Duration::from_secs(30), first).await;
-    let retried = worker.log().matches("will retry").count();
+    let log = worker.log();
+    let (retried, sent_again) = (
+        log.matches("will retry").count(),
+        log.matches("pooled connection was gone").count(),
+    );
     println!(
         "sessions ended three times ({ended:?}), {done_then} of {N} done after the last; all \
-         completed once {took:.1?} after the first; {retried} job attempts retried"
+         completed once {took:.1?} after the first; {sent_again} calls sent again on another \
+         connection, {retried} job attempts retried"
     );
     assert!(done_then < N as i64, "the drain ended too early to matter");
+    assert!(
+        sent_again > 0,
+        "no call met a gone connection: the test proves nothing"
+    );
     assert!(
         ended.iter().all(|n| *n > 0),
         "the worker had sessions: {ended:?}"
