@@ -23,7 +23,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$(pwd)
 script=$root/nix/dev-services.sh
 
-readonly PG_PORT=55535 REDIS_PORT=56482 API_PORT=18535 TEST_PG_PORT=55536 TEST_REDIS_PORT=56483
+readonly PG_PORT=25535 REDIS_PORT=26482 API_PORT=18535 TEST_PG_PORT=25536 TEST_REDIS_PORT=26483
 
 tmp=$(mktemp -d)
 chmod 755 "$tmp" # as root, the servers run as another user, who must reach the state

@@ -11,8 +11,8 @@ api=${AI_AGENTS_API_BIN:-target/debug/ai-agents-api}
 [ -x "$api" ] || cargo build --locked --bin ai-agents-api
 
 export AI_AGENTS_DEV_DIR="${AI_AGENTS_PG15_DEV_DIR:-$PWD/.dev/ci-pg15}"
-export AI_AGENTS_DEV_PG_PORT="${AI_AGENTS_PG15_PORT:-55533}"
-export AI_AGENTS_DEV_REDIS_PORT="${AI_AGENTS_PG15_REDIS_PORT:-56480}"
+export AI_AGENTS_DEV_PG_PORT="${AI_AGENTS_PG15_PORT:-25533}"
+export AI_AGENTS_DEV_REDIS_PORT="${AI_AGENTS_PG15_REDIS_PORT:-26480}"
 export AI_AGENTS_PG_BIN=$pg15
 trap 'nix/dev-services.sh stop >/dev/null 2>&1 || true' EXIT
 nix/dev-services.sh start
