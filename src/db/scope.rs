@@ -46,6 +46,10 @@ impl TenantTx {
             "BEGIN; SELECT set_config('app.current_tenant_id', {}, true)",
             sql_literal(tenant.as_str())
         );
+        // `Transaction::begin` on an owned pooled connection is what sqlx's own
+        // `Pool::begin_with` calls; it is public but `#[doc(hidden)]`, so a sqlx upgrade may
+        // rename or change it (Cargo.lock pins 0.9.0). It is used because the resend in
+        // `on_a_live_connection` needs the connection first and the `BEGIN` second.
         let tx = on_a_live_connection(pool, |connection| {
             Transaction::begin(
                 connection,
@@ -98,6 +102,7 @@ pub struct CrossTenantTx {
 impl CrossTenantTx {
     /// Begins a read-only cross-tenant transaction.
     pub async fn begin(pool: &PgPool) -> Result<Self, sqlx::Error> {
+        // The same hidden sqlx API as `TenantTx::begin_as`, for the same reason.
         let begin = |connection| async {
             let mut tx = Transaction::begin(connection, None).await?;
             sqlx::query!("SET TRANSACTION READ ONLY")
