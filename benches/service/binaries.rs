@@ -15,7 +15,7 @@ use tokio::process::{Child, Command};
 use crate::{
     KEY, Res, TENANT, TOKEN,
     report::Report,
-    settings::{Settings, progress},
+    settings::{Settings, has_both_binaries, progress},
 };
 
 /// Runs `cargo ARGS` in the checkout (offline query data), for the binaries under test.
@@ -62,12 +62,8 @@ fn set_by_cargo_for_the_bench(name: &str) -> bool {
 /// The static binaries: a full run builds them (a no-op when they are up to date); a smoke run
 /// takes existing ones (CI's static check has just built them) or skips their figures.
 pub fn musl_binaries(s: &Settings, t: Instant, report: &mut Report) -> Option<PathBuf> {
-    let dir = s.target.join("x86_64-unknown-linux-musl/release");
-    let present = || {
-        ["ai-agents-api", "ai-agents-worker"]
-            .iter()
-            .all(|b| dir.join(b).is_file())
-    };
+    let dir = s.static_dir();
+    let present = || has_both_binaries(&dir);
     if s.smoke {
         if present() {
             report.note(format!("static binaries: existing {}", dir.display()));

@@ -13,8 +13,8 @@
 //!    `<target>/bench-services`, ports 55632 and 56579; override with `AI_AGENTS_BENCH_DEV_DIR`,
 //!    `AI_AGENTS_BENCH_PG_PORT`, `AI_AGENTS_BENCH_REDIS_PORT`; PostgreSQL binaries from
 //!    `AI_AGENTS_PG_BIN` if set), and stops them at the end;
-//! 2. builds the release binaries (`cargo build --release --bins --locked`, `SQLX_OFFLINE=true`),
-//!    creates a fresh database as the owner role, migrates it with `ai-agents-api migrate`, and
+//! 2. builds the release binaries (`cargo build --release --bins --locked`, `SQLX_OFFLINE=true`;
+//!    a smoke run takes the static ones instead when they exist, as in CI), creates a fresh database as the owner role, migrates it with `ai-agents-api migrate`, and
 //!    runs the API and the worker as subprocesses (environment `test`, JSON logs at `warn`,
 //!    the application role, a fresh queue prefix per phase);
 //! 3. drives load over loopback sockets with `wrk -t1 -c32` and with in-process loops, and
@@ -124,8 +124,22 @@ async fn run(s: &Settings) -> Res<()> {
 
     progress(t, "starting PostgreSQL and Redis (nix/dev-services.sh)");
     let services = Services::start(s)?;
-    progress(t, "building the release binaries");
-    cargo_build(s, &["build", "--release", "--bins", "--locked"])?;
+    if cfg!(debug_assertions) {
+        report.note(
+            "the harness itself is an unoptimised build (--profile dev): its ceilings and raw \
+             loops are low, and so are its ratios' denominators"
+                .into(),
+        );
+    }
+    if s.bins_are_static() {
+        report.note(format!(
+            "smoke run: the binaries under test are the static ones in {} (no release build)",
+            s.bins.display()
+        ));
+    } else {
+        progress(t, "building the release binaries");
+        cargo_build(s, &["build", "--release", "--bins", "--locked"])?;
+    }
     let musl = if s.worker_only {
         None
     } else {

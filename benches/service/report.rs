@@ -293,6 +293,9 @@ impl Report {
                 }
             }
         }
+        if s.bins_are_static() {
+            return;
+        }
         for (name, bin) in [
             ("api_binary_glibc", "ai-agents-api"),
             ("worker_binary_glibc", "ai-agents-worker"),

@@ -1,6 +1,9 @@
 //! The run's settings: `--smoke` or a full run, the ports and directories, the URLs.
 
-use std::{path::PathBuf, time::Instant};
+use std::{
+    path::{Path, PathBuf},
+    time::Instant,
+};
 
 use crate::Res;
 
@@ -23,6 +26,10 @@ pub struct Settings {
     pub root: PathBuf,
     /// Cargo's target directory.
     pub target: PathBuf,
+    /// Where the binaries under test are: the host release build, or in a smoke run the static
+    /// binaries when they exist (CI's static check has just built them, and a smoke run judges
+    /// nothing: no second release build of the whole graph for it).
+    pub bins: PathBuf,
     /// The services' state (`nix/dev-services.sh`), the logs and the last run's JSON lines.
     pub state: PathBuf,
     /// PostgreSQL's port.
@@ -74,6 +81,12 @@ impl Settings {
                 Err(_) => Ok(default),
             }
         };
+        let static_dir = static_dir(&target);
+        let bins = if smoke && has_both_binaries(&static_dir) {
+            static_dir
+        } else {
+            target.join("release")
+        };
         Ok(Self {
             smoke,
             worker_only,
@@ -83,6 +96,7 @@ impl Settings {
             startup_runs: 10,
             root,
             target,
+            bins,
             state,
             pg_port: port("AI_AGENTS_BENCH_PG_PORT", 55632)?,
             redis_port: port("AI_AGENTS_BENCH_REDIS_PORT", 56579)?,
@@ -110,15 +124,37 @@ impl Settings {
         format!("redis://127.0.0.1:{}", self.redis_port)
     }
 
-    /// The release binary `name`.
+    /// The binary under test `name` ([`Settings::bins`]).
     pub fn bin(&self, name: &str) -> PathBuf {
-        self.target.join("release").join(name)
+        self.bins.join(name)
+    }
+
+    /// Where the static musl release binaries are built.
+    pub fn static_dir(&self) -> PathBuf {
+        static_dir(&self.target)
+    }
+
+    /// Whether the binaries under test are the static ones (a smoke run that found them).
+    pub fn bins_are_static(&self) -> bool {
+        self.bins == self.static_dir()
     }
 
     /// Where the binaries' output goes, one file per role (`api.log`, `worker-drain.log`, …).
     pub fn log_dir(&self) -> PathBuf {
         self.state.join("bench-logs")
     }
+}
+
+/// Where cargo puts the static musl release binaries under `target`.
+fn static_dir(target: &Path) -> PathBuf {
+    target.join("x86_64-unknown-linux-musl/release")
+}
+
+/// Whether `dir` holds both binaries.
+pub fn has_both_binaries(dir: &Path) -> bool {
+    ["ai-agents-api", "ai-agents-worker"]
+        .iter()
+        .all(|b| dir.join(b).is_file())
 }
 
 /// One line on stderr saying what the run does now, and since when it runs.
