@@ -402,6 +402,22 @@ mod tests {
     }
 
     #[test]
+    fn times_beyond_a_year_are_refused_at_start() {
+        for (name, value) in [
+            ("AI_AGENTS_CLIENT_READ_TIMEOUT_SECS", "18446744073709551615"),
+            ("AI_AGENTS_REQUEST_TIMEOUT_SECS", "31536001"),
+            ("AI_AGENTS_WORKER_RETRY_BASE_MS", "31536000001"),
+        ] {
+            let error = error_of(&[(name, value)], Requirements::Api);
+            assert_eq!(error.variable, name, "{value}");
+            assert!(error.to_string().contains("a year"), "{error}");
+        }
+        let year = [("AI_AGENTS_CLIENT_READ_TIMEOUT_SECS", "31536000")];
+        let config = Config::from_map(&vars(&year), Requirements::Api);
+        assert!(config.is_ok(), "a year is still accepted");
+    }
+
+    #[test]
     fn each_subcommand_needs_only_its_variables() {
         let base = [("AI_AGENTS_ENVIRONMENT", "production")];
         let with = |extra: &[(&'static str, &'static str)]| {

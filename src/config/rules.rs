@@ -227,7 +227,7 @@ fn urls(
     Ok((database_url, redis_url))
 }
 
-/// Sizes, timeouts and counts that zero would break.
+/// Sizes, timeouts and counts that zero would break; times of at most a year.
 fn positive_numbers(raw: &RawConfig) -> Result<(), ConfigError> {
     let numbers = [
         (
@@ -459,9 +459,23 @@ fn session_limits(
     })
 }
 
+/// Longest time any `*_SECS` variable may give: a year. Deadlines are `now + limit`, which a
+/// value near `u64::MAX` seconds would overflow on every request rather than fail at start.
+const MAX_SECS: u64 = 365 * 24 * 3600;
+
 fn positive(variable: &'static str, value: u64) -> Result<(), ConfigError> {
     if value == 0 {
         Err(ConfigError::new(variable, "must be greater than zero"))
+    } else if variable.ends_with("_SECS") && value > MAX_SECS {
+        Err(ConfigError::new(
+            variable,
+            "must be at most 31536000 (a year, in seconds)",
+        ))
+    } else if variable.ends_with("_MS") && value > MAX_SECS * 1000 {
+        Err(ConfigError::new(
+            variable,
+            "must be at most 31536000000 (a year, in milliseconds)",
+        ))
     } else {
         Ok(())
     }
