@@ -8,7 +8,8 @@ promises about every pod (CONTRACT.md §8, docs/deployment.md):
   hostPath volumes; plus readOnlyRootFilesystem;
 - cpu and memory requests and limits on every container;
 - automountServiceAccountToken false;
-- the API: liveness /health, readiness /health/ready and a startup probe;
+- the pods that serve HTTP (the API, and the worker on its metrics listener): liveness /health
+  and readiness /health/ready; the API also a startup probe;
 - api and worker: terminationGracePeriodSeconds above AI_AGENTS_SHUTDOWN_GRACE_SECS;
 - the Namespace enforces the restricted standard.
 
@@ -27,7 +28,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob"}
 # Components whose pods serve HTTP and must have the HTTP probes.
-HTTP_COMPONENTS = {"api"}
+HTTP_COMPONENTS = {"api", "worker"}
 # Components that must outlive AI_AGENTS_SHUTDOWN_GRACE_SECS when stopped.
 GRACEFUL_COMPONENTS = {"api", "worker"}
 DEFAULT_SHUTDOWN_GRACE_SECS = 25
@@ -136,7 +137,7 @@ def check_pod(name: str, template: dict, grace_secs: int) -> list[str]:
                 cmiss("livenessProbe is not an httpGet of /health")
             if http_probe_path(container.get("readinessProbe")) != "/health/ready":
                 cmiss("readinessProbe is not an httpGet of /health/ready")
-            if not container.get("startupProbe"):
+            if component == "api" and not container.get("startupProbe"):
                 cmiss("startupProbe is missing")
     return misses
 
@@ -239,7 +240,7 @@ def main() -> int:
         return 1
     print(
         f"check_manifests: ok: {pods} pod templates ({', '.join(sorted(components))}) meet the "
-        f"restricted standard, have requests and limits; api probes and grace periods "
+        f"restricted standard, have requests and limits; api and worker probes and grace periods "
         f"(> {grace_secs} s) in place; metrics ports open to the scraper only"
     )
     return 0

@@ -20,6 +20,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi, OperationId, Tags, payload::Jso
 use serde::Serialize;
 
 use super::AppState;
+use crate::{db::probe::Probe, queue::RedisPool};
 
 /// Bound of one dependency check.
 pub const CHECK_LIMIT: Duration = Duration::from_secs(2);
@@ -116,6 +117,32 @@ fn word(up: bool) -> String {
     if up { "connected" } else { "disconnected" }.to_owned()
 }
 
+impl Readiness {
+    /// Whether every dependency answered.
+    pub fn is_ready(&self) -> bool {
+        self.status == "ready"
+    }
+}
+
+/// The readiness answer, as of now: PostgreSQL (on the probe's own connection) and Redis
+/// checked at the same time, each within [`CHECK_LIMIT`]. The API's `/health/ready` and the
+/// worker's (on its metrics listener) give the same answer in the same shape.
+pub async fn readiness(probe: &Probe, redis: &RedisPool) -> Readiness {
+    let (database, redis) = tokio::join!(probe.answers(CHECK_LIMIT), redis.ping(CHECK_LIMIT));
+    Readiness {
+        status: if database && redis {
+            "ready"
+        } else {
+            "not_ready"
+        }
+        .to_owned(),
+        dependencies: Dependencies {
+            database: word(database),
+            redis: word(redis),
+        },
+    }
+}
+
 #[OpenApi(tag = "HealthTags::Health")]
 impl HealthApi {
     /// Liveness: the process serves HTTP.
@@ -127,23 +154,8 @@ impl HealthApi {
     /// Readiness: PostgreSQL and Redis answer within 2 s each.
     #[oai(path = "/health/ready", method = "get", operation_id = "health_ready")]
     async fn ready(&self) -> ReadyResponse {
-        let (database, redis) = tokio::join!(
-            self.state.probe.answers(CHECK_LIMIT),
-            self.state.queue.redis().ping(CHECK_LIMIT),
-        );
-        let body = Readiness {
-            status: if database && redis {
-                "ready"
-            } else {
-                "not_ready"
-            }
-            .to_owned(),
-            dependencies: Dependencies {
-                database: word(database),
-                redis: word(redis),
-            },
-        };
-        if database && redis {
+        let body = readiness(&self.state.probe, self.state.queue.redis()).await;
+        if body.is_ready() {
             ReadyResponse::Ready(Json(body))
         } else {
             ReadyResponse::NotReady(Json(body))

@@ -10,10 +10,18 @@ use crate::{
     shutdown,
 };
 
-/// Serves HTTP until SIGTERM/SIGINT, then drains.
+/// Serves HTTP until SIGTERM/SIGINT, then drains. A signal while it is still starting ends it
+/// with 0 (a migration under way is rolled back with its dropped connection).
 pub async fn serve(config: Config) -> Result<(), BoxError> {
-    let app = Application::build(config).await?;
-    app.run_until_stopped(shutdown::signal()).await?;
+    let stop = shutdown::listen();
+    let app = tokio::select! {
+        app = Application::build(config) => app?,
+        () = stop.cancelled() => {
+            tracing::info!("stopped while starting");
+            return Ok(());
+        }
+    };
+    app.run_until_stopped(stop.cancelled_owned()).await?;
     Ok(())
 }
 

@@ -2,11 +2,10 @@
 
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-
 use crate::{
     boot::{BoxError, failed},
     config::Config,
+    db::probe::Probe,
     queue::{Job, JobKind, Queue, RedisPool},
     shutdown,
     worker::{
@@ -21,17 +20,16 @@ pub const PING_WAIT: Duration = Duration::from_secs(10);
 
 /// Consumes jobs until SIGTERM/SIGINT, then drains.
 pub async fn run(config: Config) -> Result<(), BoxError> {
+    let stop = shutdown::listen();
     if let Some(addr) = config.worker.metrics_addr {
-        metrics_server::spawn(addr).await.map_err(failed(
+        let probes = metrics_server::Probes {
+            database: Probe::new(&config.database)?,
+            redis: RedisPool::new(&config.redis)?,
+        };
+        metrics_server::spawn(addr, probes).await.map_err(failed(
             "cannot serve metrics on AI_AGENTS_WORKER_METRICS_ADDR",
         ))?;
     }
-    let stop = CancellationToken::new();
-    let trigger = stop.clone();
-    tokio::spawn(async move {
-        shutdown::signal().await;
-        trigger.cancel();
-    });
     Ok(worker::run(&config, stop).await?)
 }
 

@@ -301,6 +301,40 @@ async fn serves_json_logs_answers_healthcheck_and_stops_on_sigterm() {
     assert!(stderr.contains("unhealthy"));
 }
 
+/// SIGTERM while the API is still starting (here: its migrations waiting for a PostgreSQL that
+/// is not there) ends it at once with 0, as when it serves, not by the signal.
+#[tokio::test]
+async fn sigterm_while_starting_ends_the_api_cleanly() {
+    let mut vars = test_vars("postgres://unused", &redis_url(), &queue_prefix());
+    vars.insert(
+        "AI_AGENTS_DATABASE_URL".into(),
+        format!("postgres://u:p@127.0.0.1:{}/x", closed_port()),
+    );
+    vars.insert("AI_AGENTS_RUN_MIGRATIONS".into(), "true".into());
+    vars.insert(
+        "AI_AGENTS_DATABASE_CONNECT_TIMEOUT_SECS".into(),
+        "30".into(),
+    );
+    vars.insert("AI_AGENTS_LOG_LEVEL".into(), "info".into());
+    let server = command(API, &vars).spawn().unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(signal(server.id().unwrap(), "TERM"));
+    let started = std::time::Instant::now();
+    let output = tokio::time::timeout(Duration::from_secs(10), server.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!(
+        "SIGTERM while starting: {:?} after {:?}",
+        output.status,
+        started.elapsed()
+    );
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(stdout.contains("stopped while starting"), "{stdout}");
+}
+
 #[tokio::test]
 async fn worker_starts_and_stops_cleanly_and_waits_for_redis() {
     let db = TestDb::new().await;
@@ -324,8 +358,9 @@ async fn worker_starts_and_stops_cleanly_and_waits_for_redis() {
     assert!(stdout.contains("Redis not reachable yet"), "{stdout}");
 }
 
-/// With `AI_AGENTS_WORKER_METRICS_ADDR` the worker serves `/metrics` and `/health` on that
-/// port; a port it cannot bind stops it at once, naming the variable.
+/// With `AI_AGENTS_WORKER_METRICS_ADDR` the worker serves `/metrics` and its pod's probes,
+/// `/health` and `/health/ready` (the API's answers), on that port; a port it cannot bind stops
+/// it at once, naming the variable.
 #[tokio::test]
 async fn worker_serves_metrics_on_its_own_port_or_refuses_to_start() {
     let db = TestDb::new().await;
@@ -347,6 +382,27 @@ async fn worker_serves_metrics_on_its_own_port_or_refuses_to_start() {
     })
     .await;
     assert!(up, "the worker's /health never answered");
+    let health: serde_json::Value = client
+        .get(format!("{base}/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "healthy", "{health}");
+    assert_eq!(health["version"], env!("CARGO_PKG_VERSION"), "{health}");
+    let ready = client
+        .get(format!("{base}/health/ready"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    let ready: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(
+        ready,
+        serde_json::json!({"status": "ready", "dependencies": {"database": "connected", "redis": "connected"}})
+    );
     let response = client.get(format!("{base}/metrics")).send().await.unwrap();
     assert_eq!(response.status(), 200);
     let content_type = response.headers()["content-type"]
@@ -375,6 +431,53 @@ async fn worker_serves_metrics_on_its_own_port_or_refuses_to_start() {
         stderr.contains("cannot serve metrics on AI_AGENTS_WORKER_METRICS_ADDR"),
         "{stderr}"
     );
+}
+
+/// A worker that cannot reach Redis says so on `/health/ready` (503, `redis` disconnected,
+/// `database` connected) within the probe's bound, while its liveness stays 200.
+#[tokio::test]
+async fn worker_readiness_names_the_dependency_it_cannot_reach() {
+    let db = TestDb::new().await;
+    let port = closed_port();
+    let redis_down = format!("redis://127.0.0.1:{}", closed_port());
+    let mut vars = test_vars(&db.app_url, &redis_down, &queue_prefix());
+    vars.insert(
+        "AI_AGENTS_WORKER_METRICS_ADDR".into(),
+        format!("127.0.0.1:{port}"),
+    );
+    let worker = command(WORKER, &vars).spawn().unwrap();
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let live = eventually(Duration::from_secs(10), || async {
+        client
+            .get(format!("{base}/health"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    assert!(live, "the worker's /health never answered");
+    let asked = std::time::Instant::now();
+    let ready = client
+        .get(format!("{base}/health/ready"))
+        .send()
+        .await
+        .unwrap();
+    let took = asked.elapsed();
+    assert_eq!(ready.status(), 503);
+    let ready: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(
+        ready,
+        serde_json::json!({"status": "not_ready", "dependencies": {"database": "connected", "redis": "disconnected"}})
+    );
+    assert!(took < Duration::from_secs(3), "the probe took {took:?}");
+
+    assert!(signal(worker.id().unwrap(), "TERM"));
+    let output = tokio::time::timeout(Duration::from_secs(10), worker.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
 }
 
 /// The first SIGTERM lets in-flight work finish within the grace period; a second one ends
