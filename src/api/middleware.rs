@@ -19,7 +19,10 @@
 //! `GET /health` passes only through 1 to 3 (and the security headers): a liveness probe must
 //! never be shed or timed out.
 
-use std::time::{Duration, Instant};
+use std::{
+    borrow::Cow,
+    time::{Duration, Instant},
+};
 
 use futures_util::StreamExt;
 use poem::{
@@ -30,7 +33,7 @@ use poem_openapi::OperationId;
 use tracing::Instrument;
 
 use super::{
-    auth,
+    auth, linger,
     problem::{Problem, RETRY_AFTER_SECS},
 };
 use secrecy::SecretString;
@@ -215,8 +218,9 @@ pub fn error_to_problem(err: poem::Error) -> Response {
     let detail = if code == 401 {
         "a valid `Authorization: Bearer <token>` header is required".to_owned()
     } else if code == 400 || code == 422 {
-        // Parser messages describe the client's own input (field names, expected types).
-        let mut detail: String = text.chars().take(300).collect();
+        // Parser messages describe the client's own input (field names, expected types), but
+        // never quote a value: it may be a secret sent in the wrong shape.
+        let mut detail: String = without_received_value(&text).chars().take(300).collect();
         if detail.is_empty() {
             detail = default_detail(code).to_owned();
         }
@@ -235,6 +239,24 @@ pub fn error_to_problem(err: poem::Error) -> Response {
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
     response
+}
+
+/// poem-openapi's type errors quote the JSON value received (`Expected input type "string",
+/// found ["…"]. (occurred while parsing "CreateTenant")`); this keeps the message without it.
+/// The value is JSON, where a `"` inside a string is escaped, so the first
+/// `. (occurred while parsing "` is the parser's own.
+fn without_received_value(text: &str) -> Cow<'_, str> {
+    const FOUND: &str = ", found ";
+    const CONTEXT: &str = ". (occurred while parsing \"";
+    let Some(at) = text.find(FOUND) else {
+        return Cow::Borrowed(text);
+    };
+    let rest = &text[at + FOUND.len()..];
+    let context = rest.find(CONTEXT).map_or(".", |i| &rest[i..]);
+    Cow::Owned(format!(
+        "{}, found a value of another type{context}",
+        &text[..at]
+    ))
 }
 
 fn default_detail(status: u16) -> &'static str {
@@ -409,6 +431,7 @@ impl<E: Endpoint> Endpoint for BodyLimitEndpoint<E> {
             return self.0.call(req).await.map(IntoResponse::into_response);
         }
         if declared.is_some_and(|n| n > MAX_DRAIN_BYTES) {
+            linger::arm(&req);
             return Ok(too_large());
         }
         match read_body(&mut req, declared, self.1).await {
@@ -416,7 +439,10 @@ impl<E: Endpoint> Endpoint for BodyLimitEndpoint<E> {
                 req.set_body(Body::from(body));
                 self.0.call(req).await.map(IntoResponse::into_response)
             }
-            Err(BodyRefused::TooLarge) => Ok(too_large()),
+            Err(BodyRefused::TooLarge) => {
+                linger::arm(&req);
+                Ok(too_large())
+            }
             Err(BodyRefused::TooSlow) => {
                 tracing::info!("request body not received within the client read timeout");
                 Ok(closing(408, "the request body was not received in time"))
@@ -460,7 +486,15 @@ impl<E: Endpoint> Endpoint for TokenGateEndpoint<E> {
                 .is_some_and(|token| auth::token_matches(token, &self.1));
             if !authorised {
                 // The body stays unread; hyper then closes the connection after this answer
-                // instead of waiting for the rest.
+                // instead of waiting for the rest, lingering so the client reads the answer.
+                let body_follows = req.headers().contains_key(header::TRANSFER_ENCODING)
+                    || req
+                        .headers()
+                        .get(header::CONTENT_LENGTH)
+                        .is_some_and(|n| n.as_bytes() != b"0");
+                if body_follows {
+                    linger::arm(&req);
+                }
                 let mut response = closing(401, default_detail(401));
                 response
                     .headers_mut()
@@ -499,5 +533,25 @@ impl<E: Endpoint> Endpoint for HeaderLimitsEndpoint<E> {
             return Ok(closing(431, default_detail(431)));
         }
         self.0.call(req).await.map(IntoResponse::into_response)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_received_value;
+
+    #[test]
+    fn a_received_value_is_left_out_of_parser_messages() {
+        let nested = r#"Expected input type "string", found ["sk-1. (occurred while parsing \"X\")"]. (occurred while parsing "CreateTenant")"#;
+        assert_eq!(
+            without_received_value(nested),
+            r#"Expected input type "string", found a value of another type. (occurred while parsing "CreateTenant")"#
+        );
+        assert_eq!(
+            without_received_value(r#"Expected input type "integer", found "sk-2"."#),
+            r#"Expected input type "integer", found a value of another type."#
+        );
+        let plain = "parse error: missing field `name`";
+        assert_eq!(without_received_value(plain), plain);
     }
 }

@@ -7,12 +7,16 @@
 //! and then (`../shared/HARDENING-FACTS.md` §1). Here each connection gets:
 //!
 //! * a bound on the protocol sniff (the first bytes that tell HTTP/1 from HTTP/2), and hyper's
-//!   `header_read_timeout` with a real timer, both `AI_AGENTS_CLIENT_READ_TIMEOUT_SECS`. The
-//!   head timer also runs while a kept-alive connection waits for its next request, so it is
-//!   the idle timeout too. The body has its own deadline in [`super::middleware::BodyLimit`];
+//!   `header_read_timeout` with a real timer, together `AI_AGENTS_CLIENT_READ_TIMEOUT_SECS`
+//!   counted from the accept: hyper's timer starts only after the sniff, so a client that waited
+//!   before its first byte gets the rest of the time, not a fresh period. The head timer also
+//!   runs while a kept-alive connection waits for its next request, so it is the idle timeout
+//!   too. The body has its own deadline in [`super::middleware::BodyLimit`];
 //! * header limits above the ones the API enforces itself ([`super::middleware::HeaderLimits`]),
 //!   so that too many or too large headers get a problem+json 431 from our middleware instead
 //!   of hyper's empty one; only heads beyond [`MAX_HEAD_BYTES`] still get hyper's bare answer;
+//! * a lingering close ([`super::linger`]) after an answer that left the request's body unread,
+//!   so that the client reads that answer instead of a reset;
 //! * graceful shutdown: on the signal the loop stops accepting, every connection finishes the
 //!   request it is serving and closes, and whatever is left after the grace period is dropped.
 //!
@@ -23,7 +27,11 @@
 //! `.http1().timer(TokioTimer::new()).header_read_timeout(..)` on its builder and exposing
 //! `max_headers`/`max_buf_size`, as hyper-util's builder does.
 
-use std::{convert::Infallible, sync::Arc, time::Duration};
+use std::{
+    convert::Infallible,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
@@ -33,6 +41,8 @@ use hyper_util::{
     server::{conn::auto, graceful::GracefulShutdown},
 };
 use poem::{Addr, Endpoint, endpoint::BoxEndpoint, web::LocalAddr, web::RemoteAddr};
+
+use super::linger::{LingerOnClose, Lingering};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Largest request head (request line and headers) hyper buffers before answering 431 itself.
@@ -45,6 +55,10 @@ const MAX_PARSED_HEADERS: usize = 512;
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// A sniff that took less than this leaves the shared connection settings in place; a longer
+/// one gets settings of its own whose head timer is the time left (see the module doc), also for
+/// its later requests: a client that dawdled once gets no more for its kept-alive waits.
+const SNIFF_WITHIN: Duration = Duration::from_millis(100);
 
 /// Time limits of one connection.
 #[derive(Debug, Clone, Copy)]
@@ -65,7 +79,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let local = listener.local_addr()?;
     let endpoint = Arc::new(endpoint);
-    let builder = Arc::new(connection_builder(limits));
+    let builder = Arc::new(connection_builder(limits, limits.read_timeout));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -84,26 +98,38 @@ pub async fn serve(
         let watcher = graceful.watcher();
         let builder = Arc::clone(&builder);
         let endpoint = Arc::clone(&endpoint);
+        let accepted = Instant::now();
         tokio::spawn(async move {
             if !protocol_known_in_time(&stream, limits.read_timeout).await {
                 return;
             }
+            let sniffed = accepted.elapsed();
+            let builder = if sniffed < SNIFF_WITHIN {
+                builder
+            } else {
+                let left = limits.read_timeout.saturating_sub(sniffed);
+                Arc::new(connection_builder(limits, left))
+            };
+            let linger = LingerOnClose::default();
+            let io = TokioIo::new(Lingering::new(stream, linger.clone()));
             let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
                 let endpoint = Arc::clone(&endpoint);
+                let linger = linger.clone();
                 async move {
-                    let request = poem::Request::from((
+                    let mut request = poem::Request::from((
                         request,
                         LocalAddr(Addr::SocketAddr(local)),
                         RemoteAddr(Addr::SocketAddr(remote)),
                         http::uri::Scheme::HTTP,
                     ));
+                    request.extensions_mut().insert(linger);
                     let response = endpoint.get_response(request).await;
                     Ok::<_, Infallible>(http::Response::<BoxBody<Bytes, std::io::Error>>::from(
                         response,
                     ))
                 }
             });
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            let connection = builder.serve_connection(io, service);
             if let Err(e) = watcher.watch(connection).await {
                 tracing::debug!(remote = %remote, error = %e, "connection ended with an error");
             }
@@ -123,13 +149,17 @@ pub async fn serve(
     Ok(())
 }
 
-/// hyper's connection settings: timers and limits as described in the module doc.
-fn connection_builder(limits: ConnectionLimits) -> auto::Builder<TokioExecutor> {
+/// hyper's connection settings: timers and limits as described in the module doc, with
+/// `head_within` for HTTP/1 heads (the first one's time left after the sniff).
+fn connection_builder(
+    limits: ConnectionLimits,
+    head_within: Duration,
+) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.read_timeout)
+        .header_read_timeout(head_within)
         .keep_alive(true)
         .max_headers(MAX_PARSED_HEADERS)
         .max_buf_size(MAX_HEAD_BYTES);

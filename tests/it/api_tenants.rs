@@ -200,6 +200,46 @@ async fn secrets_never_leave_and_are_stored_encrypted() {
     );
 }
 
+/// A secret sent where the schema wants another type is refused without being quoted back:
+/// the parser's message names the expected type, never the value received.
+#[tokio::test]
+async fn a_secret_of_the_wrong_type_is_not_echoed() {
+    let app = TestApp::spawn().await;
+    app.create_tenant("echo").await;
+    let marker = "sk-live-WRONG-TYPE-marker";
+    for (field, value) in [
+        ("servicedesk_api_key", json!([marker])),
+        ("webhook_signing_secret", json!({"secret": marker})),
+    ] {
+        for method in [Method::POST, Method::PATCH] {
+            let path = if method == Method::POST {
+                "/api/v1/tenants"
+            } else {
+                "/api/v1/tenants/echo"
+            };
+            let body = if method == Method::POST {
+                with(field, value.clone())
+            } else {
+                json!({ field: value.clone() })
+            };
+            let response = app
+                .req(method.clone(), path)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 400, "{method} {field}");
+            let text = response.text().await.unwrap();
+            println!("{method} {field} = {value}: {text}");
+            assert!(!text.contains(marker), "{method} {field}: {text}");
+            assert!(
+                text.contains("Expected input type"),
+                "{method} {field}: {text}"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn paging_visits_every_tenant_exactly_once() {
     let app = TestApp::spawn().await;

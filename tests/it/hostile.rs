@@ -136,18 +136,24 @@ async fn a_thousand_slow_bodies_do_not_delay_an_authorised_request() {
     assert!(latency < Duration::from_secs(2), "{latency:?}");
 }
 
-/// Sends `first`, then `each` every 300 ms until the server closes the connection or `limit`
-/// passes; the answer and when the connection was closed.
+/// After `silence`, sends `first`, then `each` every 300 ms until the server closes the
+/// connection or `limit` passes; the answer and when the connection was closed (both times
+/// counted from the connect).
 async fn trickle(
     addr: SocketAddr,
-    first: &str,
+    silence: Duration,
+    first: String,
     each: &'static str,
     limit: Duration,
 ) -> (String, Option<Duration>) {
     let stream = TcpStream::connect(addr).await.expect("connect");
+    let started = Instant::now();
     let (mut reader, mut writer) = stream.into_split();
-    writer.write_all(first.as_bytes()).await.expect("send");
     let writing = tokio::spawn(async move {
+        tokio::time::sleep(silence).await;
+        if writer.write_all(first.as_bytes()).await.is_err() {
+            return;
+        }
         loop {
             tokio::time::sleep(Duration::from_millis(300)).await;
             if each.is_empty() || writer.write_all(each.as_bytes()).await.is_err() {
@@ -159,7 +165,6 @@ async fn trickle(
             }
         }
     });
-    let started = Instant::now();
     let mut received = Vec::new();
     let mut buffer = [0_u8; 4096];
     let closed = loop {
@@ -182,19 +187,28 @@ async fn trickling_clients_are_cut_off_after_the_read_timeout() {
     let body_head = format!(
         "POST /api/v1/enhancements HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TEST_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
     );
-    let (headers, body, silent, preface) = tokio::join!(
+    let now = Duration::ZERO;
+    let head = || "GET /health HTTP/1.1\r\n".to_owned();
+    let (headers, late_headers, body, silent, preface) = tokio::join!(
+        trickle(api.addr, now, head(), "X-Trickle: 1\r\n", limit),
+        // The head's time counts from the connect, not from the first byte.
         trickle(
             api.addr,
-            "GET /health HTTP/1.1\r\n",
+            Duration::from_millis(1500),
+            head(),
             "X-Trickle: 1\r\n",
             limit
         ),
-        trickle(api.addr, &body_head, " ", limit),
-        trickle(api.addr, "", "", limit),
-        trickle(api.addr, "PRI * HTTP/2.0\r\n", "", limit),
+        trickle(api.addr, now, body_head, " ", limit),
+        trickle(api.addr, now, String::new(), "", limit),
+        trickle(api.addr, now, "PRI * HTTP/2.0\r\n".to_owned(), "", limit),
     );
     for (what, (answer, closed)) in [
         ("a header line every 300 ms", &headers),
+        (
+            "its first byte after 1.5 s, then a header line every 300 ms",
+            &late_headers,
+        ),
         ("a body byte every 300 ms, with the token", &body),
         ("nothing at all", &silent),
         ("half an HTTP/2 preface", &preface),
@@ -211,11 +225,88 @@ async fn trickling_clients_are_cut_off_after_the_read_timeout() {
             closed >= Duration::from_millis(1500),
             "{what}: closed early ({closed:?})"
         );
+        assert!(
+            closed < Duration::from_millis(3000),
+            "{what}: closed late ({closed:?})"
+        );
         assert!(!answer.starts_with("HTTP/1.1 2"), "{what}: {answer}");
     }
     // Where an answer can still be written, it is a problem+json 408.
     assert!(body.0.starts_with("HTTP/1.1 408"), "{}", body.0);
     assert!(body.0.contains("application/problem+json"), "{}", body.0);
+}
+
+/// Sends `head`, then `body_bytes` bytes of body in 1 MiB pieces, all before reading (as most
+/// clients do), then reads the answer: what was received, and the first error on either side.
+async fn send_all_then_read(
+    addr: SocketAddr,
+    head: String,
+    body_bytes: usize,
+) -> (String, Option<std::io::Error>) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let piece = vec![b'a'; 1024 * 1024];
+    let mut failed = stream.write_all(head.as_bytes()).await.err();
+    let mut sent = 0;
+    while failed.is_none() && sent < body_bytes {
+        let n = piece.len().min(body_bytes - sent);
+        failed = stream.write_all(&piece[..n]).await.err();
+        sent += n;
+    }
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut received));
+    let failed = match read.await {
+        Ok(Ok(_)) => failed,
+        Ok(Err(e)) => failed.or(Some(e)),
+        Err(_) => failed.or(Some(std::io::ErrorKind::TimedOut.into())),
+    };
+    (String::from_utf8_lossy(&received).into_owned(), failed)
+}
+
+/// Answers given before the body is read (a 413 to a body declared larger than the API reads at
+/// all, a 401 to a body sent without the token) reach a client that sends its whole body before
+/// reading: the connection closes after the client is done, not with a reset.
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_given_before_the_body_reach_a_client_that_sends_it_all_first() {
+    let (_db, vars) = api_vars(&[]).await;
+    let api = ApiProcess::start(vars).await;
+    let head = |length: usize, token: &str| {
+        format!(
+            "POST /api/v1/tenants HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+        )
+    };
+    let too_large = 96 * 1024 * 1024;
+    let without_token = 16 * 1024 * 1024;
+    for (what, head, length, status) in [
+        (
+            "96 MiB declared",
+            head(too_large, TEST_TOKEN),
+            too_large,
+            "413",
+        ),
+        (
+            "16 MiB without the token",
+            head(without_token, "wrong"),
+            without_token,
+            "401",
+        ),
+    ] {
+        let started = Instant::now();
+        let (answer, failed) = send_all_then_read(api.addr, head, length).await;
+        let status_line = answer.lines().next().unwrap_or_default();
+        println!(
+            "{what}, the whole body sent before reading: {status_line:?}, error: {failed:?}, {:.2} s",
+            started.elapsed().as_secs_f64()
+        );
+        assert!(failed.is_none(), "{what}: {failed:?}, answer {answer:?}");
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{what}: {answer}"
+        );
+        assert!(
+            answer.contains("application/problem+json"),
+            "{what}: {answer}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
