@@ -114,8 +114,8 @@ fn after_claim(taken: Taken, outcome: Result<ClaimOutcome, JobError>, policy: Re
         // given up even though this delivery could run it (a job that kills its worker).
         Ok(ClaimOutcome::Claimed) if taken.job.attempt > policy.max_retries => {
             let error = format!(
-                "given up: delivered {} times without an outcome (the worker running it died \
-                 or lost it each time)",
+                "given up: delivered {} times without an outcome (each time its worker died, \
+                 lost it, or could not record the outcome, e.g. with the database down)",
                 taken.job.attempt
             );
             Next::GiveUp(taken, error)
