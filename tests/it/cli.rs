@@ -358,14 +358,21 @@ async fn worker_starts_and_stops_cleanly_and_waits_for_redis() {
     assert!(stdout.contains("Redis not reachable yet"), "{stdout}");
 }
 
-/// With `AI_AGENTS_WORKER_METRICS_ADDR` the worker serves `/metrics` and its pod's probes,
-/// `/health` and `/health/ready` (the API's answers), on that port; a port it cannot bind stops
-/// it at once, naming the variable.
-#[tokio::test]
-async fn worker_serves_metrics_on_its_own_port_or_refuses_to_start() {
+/// A worker on a fresh database reaching Redis at `redis`, its listener
+/// (`AI_AGENTS_WORKER_METRICS_ADDR`) on a free port, once `/health` answers there: the process,
+/// the listener's URL, its variables and a client.
+async fn worker_with_listener(
+    redis: &str,
+) -> (
+    TestDb,
+    tokio::process::Child,
+    String,
+    HashMap<String, String>,
+    reqwest::Client,
+) {
     let db = TestDb::new().await;
     let port = closed_port();
-    let mut vars = test_vars(&db.app_url, &redis_url(), &queue_prefix());
+    let mut vars = test_vars(&db.app_url, redis, &queue_prefix());
     vars.insert(
         "AI_AGENTS_WORKER_METRICS_ADDR".into(),
         format!("127.0.0.1:{port}"),
@@ -382,6 +389,25 @@ async fn worker_serves_metrics_on_its_own_port_or_refuses_to_start() {
     })
     .await;
     assert!(up, "the worker's /health never answered");
+    (db, worker, base, vars, client)
+}
+
+/// SIGTERM to `child`, which must then exit with 0 within 10 s.
+async fn stops_with_0_on_sigterm(child: tokio::process::Child) {
+    assert!(signal(child.id().unwrap(), "TERM"));
+    let output = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+}
+
+/// With `AI_AGENTS_WORKER_METRICS_ADDR` the worker serves `/metrics` and its pod's probes,
+/// `/health` and `/health/ready` (the API's answers), on that port; a port it cannot bind stops
+/// it at once, naming the variable.
+#[tokio::test]
+async fn worker_serves_metrics_on_its_own_port_or_refuses_to_start() {
+    let (_db, worker, base, mut vars, client) = worker_with_listener(&redis_url()).await;
     let health: serde_json::Value = client
         .get(format!("{base}/health"))
         .send()
@@ -412,13 +438,7 @@ async fn worker_serves_metrics_on_its_own_port_or_refuses_to_start() {
     assert!(content_type.starts_with("text/plain"), "{content_type}");
     let body = response.text().await.unwrap();
     assert!(body.contains("ai_agents_build_info"), "{body}");
-
-    assert!(signal(worker.id().unwrap(), "TERM"));
-    let output = tokio::time::timeout(Duration::from_secs(10), worker.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(0));
+    stops_with_0_on_sigterm(worker).await;
 
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     vars.insert(
@@ -437,26 +457,8 @@ async fn worker_serves_metrics_on_its_own_port_or_refuses_to_start() {
 /// `database` connected) within the probe's bound, while its liveness stays 200.
 #[tokio::test]
 async fn worker_readiness_names_the_dependency_it_cannot_reach() {
-    let db = TestDb::new().await;
-    let port = closed_port();
     let redis_down = format!("redis://127.0.0.1:{}", closed_port());
-    let mut vars = test_vars(&db.app_url, &redis_down, &queue_prefix());
-    vars.insert(
-        "AI_AGENTS_WORKER_METRICS_ADDR".into(),
-        format!("127.0.0.1:{port}"),
-    );
-    let worker = command(WORKER, &vars).spawn().unwrap();
-    let client = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
-    let live = eventually(Duration::from_secs(10), || async {
-        client
-            .get(format!("{base}/health"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
-    .await;
-    assert!(live, "the worker's /health never answered");
+    let (_db, worker, base, _, client) = worker_with_listener(&redis_down).await;
     let asked = std::time::Instant::now();
     let ready = client
         .get(format!("{base}/health/ready"))
@@ -471,13 +473,7 @@ async fn worker_readiness_names_the_dependency_it_cannot_reach() {
         serde_json::json!({"status": "not_ready", "dependencies": {"database": "connected", "redis": "disconnected"}})
     );
     assert!(took < Duration::from_secs(3), "the probe took {took:?}");
-
-    assert!(signal(worker.id().unwrap(), "TERM"));
-    let output = tokio::time::timeout(Duration::from_secs(10), worker.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(0));
+    stops_with_0_on_sigterm(worker).await;
 }
 
 /// The first SIGTERM lets in-flight work finish within the grace period; a second one ends
