@@ -90,9 +90,10 @@ impl Application {
         }
         // Requests wait for a connection at most REQUEST_DB_WAIT: during an outage a client
         // gets its 503 in seconds, not after the full acquire timeout.
+        // The readiness probe's connection is one of the pool size.
         let request_db = DatabaseConfig {
             connect_timeout: config.database.connect_timeout.min(REQUEST_DB_WAIT),
-            ..config.database.clone()
+            ..db::beside_the_probe(&config.database)
         };
         let pool = db::connect_lazy(&request_db)?;
         let probe = Arc::new(db::probe::Probe::new(&config.database)?);

@@ -94,6 +94,18 @@ fn app_options(config: &DatabaseConfig) -> Result<PgConnectOptions, DbSetupError
 /// before it is pinged again when handed out.
 const RECENTLY_CHECKED: Duration = Duration::from_millis(100);
 
+/// The settings of a pool that shares `AI_AGENTS_DATABASE_POOL_SIZE` ("maximum connections per
+/// process") with the readiness probe's own connection ([`probe`]): one connection fewer, but
+/// never none (a pool size of 1 then means two connections).
+pub fn beside_the_probe(config: &DatabaseConfig) -> DatabaseConfig {
+    let pool_size = config.pool_size.saturating_sub(1).max(1);
+    DatabaseConfig {
+        pool_size,
+        min_connections: config.min_connections.min(pool_size),
+        ..config.clone()
+    }
+}
+
 /// Builds the application pool without connecting; connections open on first use, each with
 /// the session limits of `config`.
 pub fn connect_lazy(config: &DatabaseConfig) -> Result<PgPool, DbSetupError> {

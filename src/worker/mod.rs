@@ -131,7 +131,13 @@ struct Done {
 impl Worker {
     /// Creates the pools and the consumer; connects to nothing yet (both may still be starting).
     pub fn build(config: &Config) -> Result<Self, WorkerError> {
-        let pool = db::connect_lazy(&config.database)?;
+        // With its HTTP listener, the worker's readiness probe has a connection of its own,
+        // one of the pool size.
+        let pool = if config.worker.metrics_addr.is_some() {
+            db::connect_lazy(&db::beside_the_probe(&config.database))?
+        } else {
+            db::connect_lazy(&config.database)?
+        };
         let redis = RedisPool::new(&config.redis).map_err(WorkerError::Redis)?;
         let queue = Queue::new(redis, &config.redis.queue_prefix);
         let consumer = Consumer::new(queue.clone(), config.worker.dead_letters.max_count);

@@ -616,6 +616,63 @@ fn post_for_acme(
     .send()
 }
 
+/// `AI_AGENTS_DATABASE_POOL_SIZE` is the most connections the API holds, its readiness probe's
+/// own included: under bursts of requests and probes, PostgreSQL never has more sessions of the
+/// application role open for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pool_size_bounds_every_connection_of_the_api() {
+    let (db, vars) = api_vars(&[("AI_AGENTS_DATABASE_POOL_SIZE", "3")]).await;
+    let api = ApiProcess::start(vars).await;
+    api.create_tenant("acme").await;
+    let client = reqwest::Client::new();
+    let mut counter = PgConnection::connect(&db.app_url).await.expect("connect");
+    let mut most = 0_i64;
+    let mut answered = Vec::new();
+    for round in 0..20 {
+        let posts = (0..24).map(|i| post_for_acme(&client, &api, format!("pool-{round}-{i}")));
+        let probes = (0..4).map(|_| client.get(api.url("/health/ready")).send());
+        let load = async {
+            let (posts, probes) = tokio::join!(
+                futures_util::future::join_all(posts),
+                futures_util::future::join_all(probes)
+            );
+            posts
+                .into_iter()
+                .chain(probes)
+                .map(|r| r.map(|r| r.status().as_u16()))
+                .collect::<Vec<_>>()
+        };
+        let sample = async {
+            let mut most = 0_i64;
+            for _ in 0..10 {
+                let open: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_stat_activity WHERE usename = current_user
+                       AND datname = current_database() AND pid <> pg_backend_pid()",
+                )
+                .fetch_one(&mut counter)
+                .await
+                .expect("count");
+                most = most.max(open);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            most
+        };
+        let (statuses, sampled) = tokio::join!(load, sample);
+        most = most.max(sampled);
+        answered.extend(statuses);
+    }
+    let ok = answered
+        .iter()
+        .filter(|s| matches!(s, Ok(200 | 202)))
+        .count();
+    println!(
+        "pool size 3: at most {most} sessions of the API seen; {ok} of {} requests and probes answered 200/202",
+        answered.len()
+    );
+    assert!(most >= 2, "the load never used the pool ({most})");
+    assert!(most <= 3, "{most} sessions for a pool size of 3");
+}
+
 /// PostgreSQL frozen (stopped with SIGSTOP, as the API sees it: connections open, nothing
 /// answered). A frozen server cannot enforce its own `statement_timeout`, so only the request
 /// deadline bounds the requests: each ends by it with a problem+json 503, also those waiting
