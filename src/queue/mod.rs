@@ -26,10 +26,11 @@ pub mod job;
 pub mod redis_pool;
 pub(crate) mod scripts;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use redis::{RedisError, Value};
 use serde::Serialize;
+use uuid::Uuid;
 
 pub use consumer::{Consumer, Delivery, Settlement};
 pub use dead::DeadLetter;
@@ -111,6 +112,16 @@ pub struct QueueStats {
 
 /// A stream entry as read: id and raw fields (kept as bytes: not every payload is UTF-8).
 pub(crate) type StreamEntry = (String, HashMap<Vec<u8>, Vec<u8>>);
+
+/// Where queued jobs are at one moment ([`Queue::at_a_glance`]).
+#[derive(Debug)]
+pub struct JobsAtAGlance {
+    /// The time (Redis clock, ms) of the oldest entry still in the jobs stream, waiting or in
+    /// flight; `None` when the stream is empty.
+    pub oldest_entry_ms: Option<u64>,
+    /// The enhancements whose jobs wait for a retry; `None` when more wait than were looked at.
+    pub retrying: Option<HashSet<Uuid>>,
+}
 
 /// Producer-side and inspection access to the queue.
 #[derive(Clone)]
@@ -228,14 +239,39 @@ impl Queue {
             .collect())
     }
 
-    /// The time (Redis clock, ms) of the oldest entry still in the jobs stream, waiting or in
-    /// flight; `None` when the stream is empty.
-    pub async fn oldest_entry_ms(&self) -> Result<Option<u64>, QueueError> {
-        Ok(self
-            .oldest_entries(1)
-            .await?
-            .first()
-            .and_then(|(id, _)| id.split('-').next()?.parse().ok()))
+    /// Where queued jobs are, read at one moment (`MULTI`): what the orphan sweep needs to tell
+    /// a lost job from one that waits elsewhere. Looks through at most `retry_cap` retries.
+    pub async fn at_a_glance(&self, retry_cap: usize) -> Result<JobsAtAGlance, QueueError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("XRANGE")
+            .arg(&self.keys.jobs)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .cmd("ZRANGE")
+            .arg(&self.keys.retry)
+            .arg(0)
+            .arg(retry_cap);
+        let (oldest, retrying): (Vec<StreamEntry>, Vec<String>) =
+            self.redis.query_pipe(&pipe).await?;
+        // ZRANGE 0 cap returns up to cap + 1 members: more than the cap means "too many".
+        let retrying = (retrying.len() <= retry_cap).then(|| {
+            retrying
+                .iter()
+                .filter_map(|raw| match Job::decode(raw).ok()?.kind {
+                    JobKind::Enhancement { enhancement_id, .. } => Some(enhancement_id),
+                    JobKind::Ping { .. } => None,
+                })
+                .collect()
+        });
+        Ok(JobsAtAGlance {
+            oldest_entry_ms: oldest
+                .first()
+                .and_then(|(id, _)| id.split('-').next()?.parse().ok()),
+            retrying,
+        })
     }
 
     /// The oldest `count` entries of the jobs stream (`XRANGE - + COUNT count`).

@@ -6,7 +6,9 @@
 //! and stream ids are times, so a `pending` row untouched since before the oldest entry still
 //! in the stream (waiting or in flight) — by more than `AI_AGENTS_WORKER_ORPHAN_AFTER_SECS`, a
 //! margin for the gap between commit and `XADD` and for the clocks of PostgreSQL and Redis —
-//! cannot have a job in it. Such rows are touched (so the next sweep leaves them alone while
+//! cannot have a job in it — unless its job waits in the retry schedule, which is read at the
+//! same moment as the stream and whose rows are left to their retry (a second copy would start
+//! the job's attempt count over). Such rows are touched (so the next sweep leaves them alone while
 //! their new job waits) and their job queued again. If the job was not lost after all, the
 //! second delivery finds the row claimed or final and is dropped (fencing), so a sweep never
 //! runs a job twice at once. One worker sweeps at a time (a lock key with a TTL).
@@ -28,6 +30,9 @@ use crate::{
 
 /// Rows looked at per sweep.
 const SWEEP_LIMIT: i64 = 500;
+/// Most retries looked through per sweep; with more waiting, the sweep waits for a later turn,
+/// as it could not tell their rows from orphans.
+const RETRY_SCAN_LIMIT: usize = 10_000;
 
 /// Why a sweep stopped.
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +64,15 @@ pub async fn sweep(
         return Ok(0);
     }
     let now_ms = queue.redis_now_ms().await?;
-    let oldest_ms = queue.oldest_entry_ms().await?.unwrap_or(now_ms).min(now_ms);
+    let glance = queue.at_a_glance(RETRY_SCAN_LIMIT).await?;
+    let Some(retrying) = glance.retrying else {
+        tracing::info!(
+            limit = RETRY_SCAN_LIMIT,
+            "orphan sweep skipped: more jobs wait for a retry than it looks through"
+        );
+        return Ok(0);
+    };
+    let oldest_ms = glance.oldest_entry_ms.unwrap_or(now_ms).min(now_ms);
     let margin = u64::try_from(orphan_after.as_millis()).unwrap_or(u64::MAX);
     let cutoff_ms = i64::try_from(oldest_ms.saturating_sub(margin)).unwrap_or(0);
     let Some(cutoff) = DateTime::<Utc>::from_timestamp_millis(cutoff_ms) else {
@@ -70,7 +83,9 @@ pub async fn sweep(
     tx.finish().await?;
     let mut by_tenant: BTreeMap<String, Vec<Uuid>> = BTreeMap::new();
     for (id, tenant) in stale {
-        by_tenant.entry(tenant).or_default().push(id);
+        if !retrying.contains(&id) {
+            by_tenant.entry(tenant).or_default().push(id);
+        }
     }
     let mut requeued = 0;
     for (tenant, ids) in by_tenant {

@@ -1169,6 +1169,52 @@ async fn a_pending_row_whose_job_was_lost_is_queued_again() {
     assert_all_completed_once(&env, 2, &worker.log()).await;
 }
 
+/// A `pending` row whose job waits in the retry schedule is no orphan: the sweep that queues
+/// again a row whose job is really gone leaves it to its retry (a second copy would start the
+/// job's attempt count over).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pending_row_whose_job_waits_for_a_retry_is_not_swept() {
+    let env = Env::new().await;
+    let rows = env.insert(&["waits".into(), "lost".into()]).await;
+    let (waits, lost) = (rows[0], rows[1]);
+    // Its second attempt, due in an hour.
+    let job = enhancement_job(waits).next_attempt();
+    let due = chrono::Utc::now().timestamp_millis() + 3_600_000;
+    let _: () = env
+        .redis(
+            redis::cmd("ZADD")
+                .arg(&env.queue.keys().retry)
+                .arg(due)
+                .arg(job.encode()),
+        )
+        .await;
+    let worker = Worker::start(&env.worker_vars(&[("AI_AGENTS_WORKER_ORPHAN_AFTER_SECS", "1")]));
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            env.row(lost).await.status == "completed"
+        })
+        .await,
+        "{:?}\n{}",
+        env.statuses().await,
+        worker.log()
+    );
+    // Both rows were equally stale for the sweep that queued `lost` again; let it finish.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let swept = worker
+        .log()
+        .matches("pending row without a job: queued again")
+        .count();
+    let stats = env.stats().await;
+    eprintln!(
+        "lost row completed; the retrying row: {}, queue {stats:?}, rows queued again: {swept}",
+        env.row(waits).await.status
+    );
+    assert_eq!(env.row(waits).await.status, "pending");
+    assert_eq!(stats.retrying, 1, "{stats:?}");
+    assert_eq!(stats.pending + stats.in_flight, 0, "{stats:?}");
+    assert_eq!(swept, 1, "{}", worker.log());
+}
+
 /// A ping names the list it is answered on; a worker answers only on a ping key of its own
 /// deployment, so a crafted ping cannot touch (or expire) any other key.
 #[tokio::test(flavor = "multi_thread")]
