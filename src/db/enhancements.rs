@@ -380,28 +380,55 @@ pub async fn complete(
     Ok(ids.iter().map(|id| done.contains(id)).collect())
 }
 
+/// What [`fail`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failing {
+    /// The row is `failed` now.
+    Failed,
+    /// The row is `processing` under another delivery's claim, which it keeps.
+    HeldBy(String),
+    /// The row is final already, or gone.
+    Closed,
+}
+
 /// Marks an unfinished row `failed` with `error_message`, under `claim` (a `pending` row, or a
-/// `processing` one that `claim` holds or nobody does); false if the row is final, gone or held
-/// by another delivery.
+/// `processing` one that `claim` holds, that nobody does, or that `takeover_from` — a delivery
+/// known to be no longer in flight — holds).
 pub async fn fail(
     tx: &mut TenantTx,
     id: Uuid,
     claim: &str,
+    takeover_from: Option<&str>,
     error_message: &str,
-) -> Result<bool, sqlx::Error> {
-    let result = sqlx::query(
+) -> Result<Failing, sqlx::Error> {
+    let failed: Option<Uuid> = sqlx::query_scalar(
         r"UPDATE enhancement_history
           SET status = 'failed', error_message = $3, completed_at = now(), claim = $2
           WHERE id = $1
             AND (status = 'pending'
-                 OR (status = 'processing' AND (claim IS NULL OR claim = $2)))",
+                 OR (status = 'processing'
+                     AND (claim IS NULL OR claim = $2 OR claim = $4)))
+          RETURNING id",
     )
     .bind(id)
     .bind(claim)
     .bind(error_message)
-    .execute(tx.conn())
+    .bind(takeover_from)
+    .fetch_optional(tx.conn())
     .await?;
-    Ok(result.rows_affected() > 0)
+    if failed.is_some() {
+        return Ok(Failing::Failed);
+    }
+    let holder: Option<Option<String>> = sqlx::query_scalar(
+        "SELECT claim FROM enhancement_history WHERE id = $1 AND status = 'processing'",
+    )
+    .bind(id)
+    .fetch_optional(tx.conn())
+    .await?;
+    Ok(match holder.flatten() {
+        Some(holder) => Failing::HeldBy(holder),
+        None => Failing::Closed,
+    })
 }
 
 /// Up to `limit` rows of any tenant still `pending` and untouched since `before`: candidates

@@ -23,7 +23,7 @@ use super::{
 use crate::{
     db::{
         self,
-        enhancements::{self, ClaimOutcome, ClaimRequest, Completion},
+        enhancements::{self, ClaimOutcome, ClaimRequest, Completion, Failing},
         scope::TenantTx,
     },
     domain::TenantId,
@@ -330,8 +330,14 @@ async fn complete_in_one(
 /// database is unavailable (each try bounded by `call_within` on this side); the settlement
 /// for its delivery, or `None` when the failure could not be recorded (the delivery then stays
 /// unsettled and comes back after the reclaim time: its row must not stay unfinished for ever).
+///
+/// A row that another delivery holds is that delivery's to finish while it is in flight. One
+/// no longer in flight will never finish it (its worker died after its claim committed, e.g.
+/// while the claim statement outlived the process): the row is failed in its place, or it would
+/// stay `processing` without a job.
 pub async fn give_up(
     pool: &sqlx::PgPool,
+    consumer: &Consumer,
     call_within: Duration,
     taken: &Taken,
     error: &str,
@@ -344,34 +350,70 @@ pub async fn give_up(
             attempts,
         });
     };
-    let mark = || async {
-        let marked = db::within(call_within, async {
-            let mut tx = TenantTx::begin(pool, tenant).await?;
-            let marked = enhancements::fail(&mut tx, *id, &taken.delivery.entry_id, error).await?;
-            tx.commit().await?;
-            Ok::<_, sqlx::Error>(marked)
-        });
-        Ok::<bool, JobError>(marked.await?)
-    };
-    let marked = mark
-        .retry(
-            ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(500))
-                .with_max_times(5),
+    let claim = taken.delivery.entry_id.as_str();
+    let mark = |takeover_from| {
+        mark_failed(
+            pool,
+            call_within,
+            (tenant, *id),
+            claim,
+            takeover_from,
+            error,
         )
-        .when(JobError::is_transient)
-        .await;
+    };
+    let mut marked = mark(None).await;
+    if let Ok(Failing::HeldBy(holder)) = &marked {
+        match consumer.in_flight(&[holder.as_str()]).await.as_deref() {
+            Ok([false]) => {
+                tracing::warn!(job_id = %taken.job.id, holder = %holder,
+                    "the row is held by a delivery no longer in flight; failed in its place");
+                marked = mark(Some(holder.as_str())).await;
+            }
+            Ok(_) => {}
+            // Whether the holder lives is unknown: decide on a later delivery.
+            Err(e) => marked = Err(JobError::transient(e.to_string())),
+        }
+    }
     match marked {
-        Ok(true) => Some(Settlement::Dead {
+        Ok(Failing::Failed) => Some(Settlement::Dead {
             error: error.to_owned(),
             attempts,
         }),
-        // Final already, gone, or another delivery's: not this delivery's to fail.
-        Ok(false) => Some(Settlement::Dropped),
+        // Final already, gone, or held by a delivery in flight: not this delivery's to fail.
+        Ok(Failing::Closed | Failing::HeldBy(_)) => Some(Settlement::Dropped),
         Err(e) => {
             tracing::error!(job_id = %taken.job.id, error = %e,
                 "cannot record the failure; the job will be redelivered");
             None
         }
     }
+}
+
+/// [`enhancements::fail`] in the row's tenant scope, retrying while the database is
+/// unavailable, each try bounded by `call_within` on this side.
+async fn mark_failed(
+    pool: &sqlx::PgPool,
+    call_within: Duration,
+    (tenant, id): (&TenantId, Uuid),
+    claim: &str,
+    takeover_from: Option<&str>,
+    error: &str,
+) -> Result<Failing, JobError> {
+    let attempt = || async {
+        let marked = db::within(call_within, async {
+            let mut tx = TenantTx::begin(pool, tenant).await?;
+            let marked = enhancements::fail(&mut tx, id, claim, takeover_from, error).await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(marked)
+        });
+        Ok::<Failing, JobError>(marked.await?)
+    };
+    attempt
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(500))
+                .with_max_times(5),
+        )
+        .when(JobError::is_transient)
+        .await
 }

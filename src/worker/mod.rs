@@ -341,7 +341,15 @@ async fn process(
             }
             Next::Settle(delivery, settlement) => settle_now.push((delivery, settlement)),
             Next::GiveUp(taken, error) => {
-                match batch::give_up(&shared.pool, shared.call_within(), &taken, &error).await {
+                match batch::give_up(
+                    &shared.pool,
+                    &shared.consumer,
+                    shared.call_within(),
+                    &taken,
+                    &error,
+                )
+                .await
+                {
                     Some(settlement) => settle_now.push((taken.delivery, settlement)),
                     None => shared.release([taken.delivery.entry_id.as_str()]),
                 }
@@ -477,7 +485,8 @@ async fn record(shared: Arc<Shared>, mut done: mpsc::Receiver<Done>) {
                 Next::Settle(delivery, settlement) => Some((delivery, settlement)),
                 Next::GiveUp(taken, error) => {
                     let settlement =
-                        batch::give_up(&shared.pool, call_within, &taken, &error).await;
+                        batch::give_up(&shared.pool, &shared.consumer, call_within, &taken, &error)
+                            .await;
                     if settlement.is_none() {
                         shared.release([taken.delivery.entry_id.as_str()]);
                     }

@@ -398,10 +398,11 @@ async fn a_stale_claim_cannot_record_an_outcome() {
         "the stale claim completed the row"
     );
     let mut tx = TenantTx::begin(&pool, &a).await.unwrap();
-    assert!(
-        !enhancements::fail(&mut tx, id, "1-0", "stale")
+    assert_eq!(
+        enhancements::fail(&mut tx, id, "1-0", None, "stale")
             .await
             .unwrap(),
+        enhancements::Failing::HeldBy("2-0".to_owned()),
         "the stale claim failed the row"
     );
     tx.commit().await.unwrap();

@@ -1138,6 +1138,47 @@ async fn a_job_that_kills_its_worker_ends_in_the_dead_letters() {
     assert_eq!(env.completed().await, 0);
 }
 
+/// A row left `processing` under the claim of a delivery no longer in flight (its worker died
+/// after the claim committed), whose job then fails for good on its next delivery: the row is
+/// failed in the dead delivery's place and the job dead-lettered. Dropping the job instead
+/// would leave the row `processing` for ever, with no job.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_given_up_on_a_row_a_dead_delivery_holds_fails_the_row() {
+    let env = Env::new().await;
+    let ids = env.insert(&["held".into()]).await;
+    let mut tx = env.tenant_tx().await;
+    sqlx::query(
+        "UPDATE enhancement_history SET status = 'processing', claim = '1-0' WHERE id = $1",
+    )
+    .bind(ids[0])
+    .execute(&mut *tx)
+    .await
+    .expect("claimed by a dead delivery");
+    tx.commit().await.expect("commit");
+    // Every claim of the row fails (transiently), and this delivery is the job's last attempt.
+    env.plan("held", 100, 0).await;
+    let job = enhancement_job(ids[0])
+        .next_attempt()
+        .next_attempt()
+        .next_attempt();
+    env.queue.enqueue(&job).await.expect("queued");
+    let worker = Worker::start(&env.worker_vars(&[("AI_AGENTS_WORKER_MAX_RETRIES", "3")]));
+    let settled = eventually(Duration::from_secs(15), || async {
+        env.stats().await == stats(0, 0, 0, 1) && env.row(ids[0]).await.status == "failed"
+    })
+    .await;
+    let row = env.row(ids[0]).await;
+    eprintln!(
+        "row held by a dead delivery, job given up: row {}, {:?}, queue {:?}",
+        row.status,
+        row.error_message,
+        env.stats().await
+    );
+    assert!(settled, "{:?}\n{}", env.stats().await, worker.log());
+    let error = row.error_message.expect("an error message");
+    assert!(error.contains("gave up after 4 attempts"), "{error}");
+}
+
 /// The API died between committing a row and queueing its job: the row is `pending` with no
 /// job. The sweeper queues it again, and it completes once.
 #[tokio::test(flavor = "multi_thread")]
