@@ -113,14 +113,14 @@ pub struct QueueStats {
 /// A stream entry as read: id and raw fields (kept as bytes: not every payload is UTF-8).
 pub(crate) type StreamEntry = (String, HashMap<Vec<u8>, Vec<u8>>);
 
-/// Where queued jobs are at one moment ([`Queue::at_a_glance`]).
+/// The enhancements whose jobs are queued, read at one moment ([`Queue::queued_jobs`]).
 #[derive(Debug)]
-pub struct JobsAtAGlance {
-    /// The time (Redis clock, ms) of the oldest entry still in the jobs stream, waiting or in
-    /// flight; `None` when the stream is empty.
-    pub oldest_entry_ms: Option<u64>,
-    /// The enhancements whose jobs wait for a retry; `None` when more wait than were looked at.
-    pub retrying: Option<HashSet<Uuid>>,
+pub enum QueuedJobs {
+    /// Every enhancement with a job in the stream (waiting or in flight) or in the retry
+    /// schedule.
+    Seen(HashSet<Uuid>),
+    /// More jobs are queued than were looked through: no answer.
+    TooMany,
 }
 
 /// Producer-side and inspection access to the queue.
@@ -239,9 +239,21 @@ impl Queue {
             .collect())
     }
 
-    /// Where queued jobs are, read at one moment (`MULTI`): what the orphan sweep needs to tell
-    /// a lost job from one that waits elsewhere. Looks through at most `retry_cap` retries.
-    pub async fn at_a_glance(&self, retry_cap: usize) -> Result<JobsAtAGlance, QueueError> {
+    /// The time (Redis clock, ms) of the oldest entry still in the jobs stream, waiting or in
+    /// flight; `None` when the stream is empty.
+    pub async fn oldest_entry_ms(&self) -> Result<Option<u64>, QueueError> {
+        Ok(self
+            .oldest_entries(1)
+            .await?
+            .first()
+            .and_then(|(id, _)| id.split('-').next()?.parse().ok()))
+    }
+
+    /// The enhancements whose jobs are in the stream or the retry schedule, both read at one
+    /// moment (`MULTI`: a promotion or a requeue moves a job between them atomically, so it is
+    /// seen in one or the other). Looks through at most `cap` of each: what the orphan sweep
+    /// needs to tell a lost job from one that waits, whatever its entry's age.
+    pub async fn queued_jobs(&self, cap: usize) -> Result<QueuedJobs, QueueError> {
         let mut pipe = redis::pipe();
         pipe.atomic()
             .cmd("XRANGE")
@@ -249,29 +261,30 @@ impl Queue {
             .arg("-")
             .arg("+")
             .arg("COUNT")
-            .arg(1)
+            .arg(cap.saturating_add(1))
             .cmd("ZRANGE")
             .arg(&self.keys.retry)
             .arg(0)
-            .arg(retry_cap);
-        let (oldest, retrying): (Vec<StreamEntry>, Vec<String>) =
+            .arg(cap);
+        let (entries, retrying): (Vec<StreamEntry>, Vec<String>) =
             self.redis.query_pipe(&pipe).await?;
         // ZRANGE 0 cap returns up to cap + 1 members: more than the cap means "too many".
-        let retrying = (retrying.len() <= retry_cap).then(|| {
-            retrying
-                .iter()
-                .filter_map(|raw| match Job::decode(raw).ok()?.kind {
+        if entries.len() > cap || retrying.len() > cap {
+            return Ok(QueuedJobs::TooMany);
+        }
+        let in_stream = entries.iter().filter_map(|(_, fields)| {
+            Job::decode(std::str::from_utf8(fields.get(b"job".as_slice())?).ok()?).ok()
+        });
+        let in_schedule = retrying.iter().filter_map(|raw| Job::decode(raw).ok());
+        Ok(QueuedJobs::Seen(
+            in_stream
+                .chain(in_schedule)
+                .filter_map(|job| match job.kind {
                     JobKind::Enhancement { enhancement_id, .. } => Some(enhancement_id),
                     JobKind::Ping { .. } => None,
                 })
-                .collect()
-        });
-        Ok(JobsAtAGlance {
-            oldest_entry_ms: oldest
-                .first()
-                .and_then(|(id, _)| id.split('-').next()?.parse().ok()),
-            retrying,
-        })
+                .collect(),
+        ))
     }
 
     /// The oldest `count` entries of the jobs stream (`XRANGE - + COUNT count`).

@@ -2,16 +2,23 @@
 //!
 //! The API commits a row, then queues its job; a process that dies between the two leaves a
 //! `pending` row without a job (contract section 6: "a `pending` row whose job was lost is
-//! queued again"). A row's job is always added to the stream after the row was last written,
-//! and stream ids are times, so a `pending` row untouched since before the oldest entry still
-//! in the stream (waiting or in flight) — by more than `AI_AGENTS_WORKER_ORPHAN_AFTER_SECS`, a
-//! margin for the gap between commit and `XADD` and for the clocks of PostgreSQL and Redis —
-//! cannot have a job in it — unless its job waits in the retry schedule, which is read at the
-//! same moment as the stream and whose rows are left to their retry (a second copy would start
-//! the job's attempt count over). Such rows are touched (so the next sweep leaves them alone while
-//! their new job waits) and their job queued again. If the job was not lost after all, the
-//! second delivery finds the row claimed or final and is dropped (fencing), so a sweep never
-//! runs a job twice at once. One worker sweeps at a time (a lock key with a TTL).
+//! queued again"). A sweep looks in two steps:
+//!
+//! 1. **Cheap, by time.** A row's first job is added to the stream after the row was last
+//!    written, and stream ids are times, so only a `pending` row untouched since before the
+//!    oldest entry still in the stream — by more than `AI_AGENTS_WORKER_ORPHAN_AFTER_SECS`, a
+//!    margin for the gap between commit and `XADD` and for the clocks of PostgreSQL and Redis —
+//!    can have lost its job. The rows of a backlog are not looked at.
+//! 2. **Exact, by content.** A job can come back into the stream with a newer id than its row
+//!    (a promoted retry, a dead worker's job put back) or wait in the retry schedule; both are
+//!    read at one moment, and the rows whose jobs are there are left alone (a second copy
+//!    would be an extra delivery, starting the attempt count over). With more than 10,000 jobs
+//!    in either, the sweep waits for a later turn rather than guess.
+//!
+//! The rows left are touched (so the next sweep leaves them alone while their new job waits)
+//! and their job queued again. Should a job still reach the stream after all, the second
+//! delivery finds the row claimed or final and is dropped (fencing), so a sweep never runs a
+//! job twice at once. One worker sweeps at a time (a lock key with a TTL).
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -25,14 +32,14 @@ use crate::{
         scope::{CrossTenantTx, TenantTx},
     },
     domain::TenantId,
-    queue::{Job, JobKind, Queue, QueueError},
+    queue::{Job, JobKind, Queue, QueueError, QueuedJobs},
 };
 
 /// Rows looked at per sweep.
 const SWEEP_LIMIT: i64 = 500;
-/// Most retries looked through per sweep; with more waiting, the sweep waits for a later turn,
-/// as it could not tell their rows from orphans.
-const RETRY_SCAN_LIMIT: usize = 10_000;
+/// Most jobs looked through per sweep in the stream and in the retry schedule each; with more
+/// there, the sweep waits for a later turn, as it could not tell their rows from orphans.
+const SCAN_LIMIT: usize = 10_000;
 
 /// Why a sweep stopped.
 #[derive(Debug, thiserror::Error)]
@@ -64,15 +71,7 @@ pub async fn sweep(
         return Ok(0);
     }
     let now_ms = queue.redis_now_ms().await?;
-    let glance = queue.at_a_glance(RETRY_SCAN_LIMIT).await?;
-    let Some(retrying) = glance.retrying else {
-        tracing::info!(
-            limit = RETRY_SCAN_LIMIT,
-            "orphan sweep skipped: more jobs wait for a retry than it looks through"
-        );
-        return Ok(0);
-    };
-    let oldest_ms = glance.oldest_entry_ms.unwrap_or(now_ms).min(now_ms);
+    let oldest_ms = queue.oldest_entry_ms().await?.unwrap_or(now_ms).min(now_ms);
     let margin = u64::try_from(orphan_after.as_millis()).unwrap_or(u64::MAX);
     let cutoff_ms = i64::try_from(oldest_ms.saturating_sub(margin)).unwrap_or(0);
     let Some(cutoff) = DateTime::<Utc>::from_timestamp_millis(cutoff_ms) else {
@@ -81,9 +80,22 @@ pub async fn sweep(
     let mut tx = CrossTenantTx::begin(pool).await?;
     let stale = enhancements::stale_pending(&mut tx, cutoff, SWEEP_LIMIT).await?;
     tx.finish().await?;
+    if stale.is_empty() {
+        return Ok(0);
+    }
+    let queued = match queue.queued_jobs(SCAN_LIMIT).await? {
+        QueuedJobs::Seen(queued) => queued,
+        QueuedJobs::TooMany => {
+            tracing::info!(
+                limit = SCAN_LIMIT,
+                "orphan sweep skipped: more jobs are queued than it looks through"
+            );
+            return Ok(0);
+        }
+    };
     let mut by_tenant: BTreeMap<String, Vec<Uuid>> = BTreeMap::new();
     for (id, tenant) in stale {
-        if !retrying.contains(&id) {
+        if !queued.contains(&id) {
             by_tenant.entry(tenant).or_default().push(id);
         }
     }

@@ -8,7 +8,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ai_agents::queue::{GROUP, Job, JobKind, Queue, QueueStats};
+use ai_agents::{
+    queue::{GROUP, Job, JobKind, Queue, QueueStats},
+    worker::sweeper,
+};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
@@ -1254,6 +1257,50 @@ async fn a_pending_row_whose_job_waits_for_a_retry_is_not_swept() {
     assert_eq!(stats.retrying, 1, "{stats:?}");
     assert_eq!(stats.pending + stats.in_flight, 0, "{stats:?}");
     assert_eq!(swept, 1, "{}", worker.log());
+}
+
+/// A job put back into the stream after its row was last written (a promoted retry, a dead
+/// worker's job requeued) has an entry newer than the row by more than the margin, and may be
+/// the oldest in the stream: its row is no orphan all the same, while a row whose job is gone
+/// is. The sweep is called as the worker calls it, with no worker to take the jobs away.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pending_row_whose_job_came_back_with_a_newer_entry_is_not_swept() {
+    let env = Env::new().await;
+    let rows = env.insert(&["came back".into(), "lost".into()]).await;
+    let (came_back, lost) = (rows[0], rows[1]);
+    // Both rows are older than the margin (1 s) when the job comes back.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let before = env.row(came_back).await.updated_at;
+    env.queue
+        .enqueue(&enhancement_job(came_back).next_attempt())
+        .await
+        .expect("queued");
+    let pool = sqlx::PgPool::connect(&env.app_url).await.expect("app pool");
+    let swept = sweeper::sweep(
+        &pool,
+        &env.queue,
+        "sweep-test",
+        Duration::from_secs(1),
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("swept");
+    let queued: Vec<Uuid> = env
+        .queue
+        .peek(10)
+        .await
+        .expect("peek")
+        .into_iter()
+        .filter_map(|job| match job.kind {
+            JobKind::Enhancement { enhancement_id, .. } => Some(enhancement_id),
+            JobKind::Ping { .. } => None,
+        })
+        .collect();
+    eprintln!("rows queued again: {swept}; jobs in the stream: {queued:?}");
+    assert_eq!(swept, 1);
+    assert_eq!(queued.iter().filter(|id| **id == came_back).count(), 1);
+    assert_eq!(queued.iter().filter(|id| **id == lost).count(), 1);
+    assert_eq!(env.row(came_back).await.updated_at, before);
 }
 
 /// A ping names the list it is answered on; a worker answers only on a ping key of its own
