@@ -14,7 +14,7 @@ use std::{
 
 use redis::{Value, aio::MultiplexedConnection};
 
-use super::{GROUP, Job, Queue, QueueError, StreamEntry, bounded, scripts};
+use super::{GROUP, Job, Queue, QueueError, StreamEntry, bounded, origin::Origin, scripts};
 
 /// One stream entry handed to a worker.
 #[derive(Debug, Clone)]
@@ -71,6 +71,8 @@ pub const HEARTBEAT_TTL: Duration = Duration::from_secs(10);
 pub struct Consumer {
     queue: Queue,
     name: String,
+    /// Where this process runs, to recognise dead consumers of the same host at once.
+    origin: Origin,
     dead_letter_cap: u64,
     reader: tokio::sync::Mutex<Option<MultiplexedConnection>>,
 }
@@ -83,17 +85,12 @@ impl Consumer {
     /// A consumer with a name unique to this process; it caps the dead-letter stream at about
     /// `dead_letter_cap` letters as it writes them.
     pub fn new(queue: Queue, dead_letter_cap: u64) -> Self {
-        let host = std::env::var("HOSTNAME")
-            .ok()
-            .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-            .map(|h| h.trim().to_owned())
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| "worker".to_owned());
-        let suffix = uuid::Uuid::new_v4().simple().to_string();
-        let name = format!("{host}-{}-{}", std::process::id(), &suffix[..8]);
+        let origin = Origin::of_this_process();
+        let name = origin.consumer_name();
         Self {
             queue,
             name,
+            origin,
             dead_letter_cap: dead_letter_cap.max(1),
             reader: tokio::sync::Mutex::new(None),
         }
@@ -280,7 +277,7 @@ impl Consumer {
     }
 
     /// Puts back, one attempt further, the jobs held by dead workers (heartbeat expired, or
-    /// reading connection gone with the heartbeat overdue) and the jobs any worker has held
+    /// reading connection gone with the heartbeat overdue or the process ended on this host) and the jobs any worker has held
     /// longer than `reclaim_after` without settling them (which a live worker never does: its
     /// hard time limit ends every job sooner). Forgets dead consumers with nothing pending.
     /// Returns how many jobs went back.
@@ -333,9 +330,10 @@ impl Consumer {
     }
 
     /// Whether consumer `name` is dead: no heartbeat, or its reading connection gone (when
-    /// `connected` lists the connections) and its beat overdue. A worker killed outright still
-    /// has a heartbeat for a few seconds, but its connection is gone at once; a worker that is
-    /// only reconnecting its reader keeps beating, so its jobs stay where they are.
+    /// `connected` lists the connections) and either its beat overdue or its process ended on
+    /// this host ([`Origin::saw_end_of`]). A worker killed outright still has a heartbeat for a
+    /// few seconds, but its connection is gone at once; a worker that is only reconnecting its
+    /// reader keeps beating, so its jobs stay where they are.
     async fn is_dead(
         &self,
         name: &str,
@@ -352,6 +350,10 @@ impl Consumer {
             heartbeat_ttl < i64::try_from(HEARTBEAT_TTL.as_millis()).unwrap_or(10_000) - 4_500;
         let client = format!("{}:{name}", keys.jobs);
         let connected = connected.is_none_or(|names| names.contains(&client));
+        // Its connection gone and its process ended on this host: dead, whatever its beat.
+        if !connected && self.origin.saw_end_of(name) {
+            return Ok(true);
+        }
         Ok(!(alive && (connected || !beat_overdue)))
     }
 

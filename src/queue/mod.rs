@@ -23,6 +23,7 @@
 pub mod consumer;
 pub mod dead;
 pub mod job;
+mod origin;
 pub mod redis_pool;
 pub(crate) mod scripts;
 

@@ -388,7 +388,8 @@ async fn kill_9_mid_drain_loses_nothing() {
     assert_all_completed_once(&env, N, &second.log()).await;
 }
 
-/// Without the idle rule (reclaim after 150 s), the jobs of a killed worker come back once its
+/// Without the idle rule (reclaim after 150 s), the jobs of a killed worker come back to a
+/// worker on another host once the killed one's connection is gone and its beat overdue, or its
 /// heartbeat (TTL 10 s) has expired.
 #[tokio::test(flavor = "multi_thread")]
 async fn jobs_of_a_killed_worker_come_back_when_its_heartbeat_expires() {
@@ -412,7 +413,10 @@ async fn jobs_of_a_killed_worker_come_back_when_its_heartbeat_expires() {
     let held = env.stats().await.in_flight;
     assert!(held > 0, "the dead worker held nothing");
 
-    let second = Worker::start(&vars);
+    // From another host: the first worker's end is not seen in this host's process table.
+    let mut elsewhere = vars.clone();
+    elsewhere.insert("HOSTNAME".to_owned(), "another-host".to_owned());
+    let second = Worker::start(&elsewhere);
     assert!(
         until_completed(&env, N as i64, Duration::from_secs(20)).await,
         "{:?}\n{}",
@@ -426,6 +430,56 @@ async fn jobs_of_a_killed_worker_come_back_when_its_heartbeat_expires() {
     );
     // Heartbeat TTL 10 s + one maintenance period 2 s + the work itself.
     assert!(back < Duration::from_secs(16), "{back:?}");
+    assert!(until_idle(&env, 0, Duration::from_secs(5)).await);
+    assert_all_completed_once(&env, N, &second.log()).await;
+}
+
+/// A worker started on the host of a kill -9'd one takes its jobs back at once (contract
+/// section 6: "at once when that worker restarts"): the dead consumer's connection is gone and
+/// its pid has ended here, so its heartbeat, still fresh for seconds, is not waited for.
+#[tokio::test(flavor = "multi_thread")]
+async fn jobs_of_a_killed_worker_come_back_at_once_when_a_worker_starts_on_its_host() {
+    const N: usize = 4;
+    let env = Env::new().await;
+    env.plan("*", 0, 1_000).await;
+    env.insert_and_enqueue(N).await;
+    let vars = env.worker_vars(&[]);
+
+    let mut first = Worker::start(&vars);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            env.stats().await.in_flight == N as u64
+        })
+        .await,
+        "{}",
+        first.log()
+    );
+    first.kill9().await;
+    let second = Worker::start(&vars);
+    let restarted = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            second
+                .log()
+                .contains("jobs of dead or silent workers put back")
+        })
+        .await,
+        "{}",
+        second.log()
+    );
+    let back = restarted.elapsed();
+    eprintln!(
+        "restart on the same host: the killed worker's jobs back {:.2} s after the start",
+        back.as_secs_f64()
+    );
+    // Waiting for the beat to age would take 2.5–6.5 s.
+    assert!(back < Duration::from_secs(2), "{back:?}\n{}", second.log());
+    assert!(
+        until_completed(&env, N as i64, Duration::from_secs(20)).await,
+        "{:?}\n{}",
+        env.stats().await,
+        second.log()
+    );
     assert!(until_idle(&env, 0, Duration::from_secs(5)).await);
     assert_all_completed_once(&env, N, &second.log()).await;
 }
@@ -1121,6 +1175,9 @@ async fn a_job_that_kills_its_worker_ends_in_the_dead_letters() {
             );
         }
         worker.kill9().await;
+        // The killed worker's claim statement sleeps on in its session, holding the row: the
+        // next worker, which takes the job back at once (same host), would only wait for it.
+        tokio::time::sleep(Duration::from_secs(3)).await;
     }
     let worker = Worker::start(&vars);
     let dead = eventually(Duration::from_secs(25), || async {
