@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod enhancements;
 pub mod health;
+pub mod idle;
 pub mod linger;
 pub mod middleware;
 pub mod openapi;

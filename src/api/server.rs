@@ -15,6 +15,12 @@
 //! * header limits above the ones the API enforces itself ([`super::middleware::HeaderLimits`]),
 //!   so that too many or too large headers get a problem+json 431 from our middleware instead
 //!   of hyper's empty one; only heads beyond [`MAX_HEAD_BYTES`] still get hyper's bare answer;
+//! * on HTTP/2, which has no head timer in hyper, an idle deadline ([`super::idle`]): a
+//!   connection with no request in progress for `AI_AGENTS_CLIENT_READ_TIMEOUT_SECS` is closed
+//!   (`GOAWAY`, then dropped within [`GOAWAY_WITHIN`] if the client holds on and is still idle). hyper's keep-alive pings end a client that
+//!   does not answer them, but not one whose library does while it sends nothing, or trickles a
+//!   request's header block in `CONTINUATION` frames (no request is in progress until the block
+//!   is complete);
 //! * a lingering close ([`super::linger`]) after an answer that left the request's body unread,
 //!   so that the client reads that answer instead of a reset;
 //! * graceful shutdown: on the signal the loop stops accepting, every connection finishes the
@@ -38,12 +44,16 @@ use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
+    server::conn::auto,
 };
 use poem::{Addr, Endpoint, endpoint::BoxEndpoint, web::LocalAddr, web::RemoteAddr};
-
-use super::linger::{LingerOnClose, Lingering};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use super::{
+    idle::Activity,
+    linger::{LingerOnClose, Lingering},
+};
 
 /// Largest request head (request line and headers) hyper buffers before answering 431 itself.
 /// Heads up to this size reach the API, which answers 431 as problem+json above its own limits.
@@ -59,6 +69,11 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// one gets settings of its own whose head timer is the time left (see the module doc), also for
 /// its later requests: a client that dawdled once gets no more for its kept-alive waits.
 const SNIFF_WITHIN: Duration = Duration::from_millis(100);
+
+/// Time an idle HTTP/2 connection has to close after its `GOAWAY` (a ping's round trip) before
+/// it is dropped: a client that answers no ping, e.g. one stuck in the middle of a frame, would
+/// otherwise keep it until hyper's keep-alive timeout, a second read timeout.
+const GOAWAY_WITHIN: Duration = Duration::from_millis(500);
 
 /// Time limits of one connection.
 #[derive(Debug, Clone, Copy)]
@@ -80,7 +95,8 @@ pub async fn serve(
     let local = listener.local_addr()?;
     let endpoint = Arc::new(endpoint);
     let builder = Arc::new(connection_builder(limits, limits.read_timeout));
-    let graceful = GracefulShutdown::new();
+    let stop = CancellationToken::new();
+    let connections = TaskTracker::new();
     tokio::pin!(shutdown);
     loop {
         let (stream, remote) = tokio::select! {
@@ -95,14 +111,14 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let watcher = graceful.watcher();
+        let stop = stop.clone();
         let builder = Arc::clone(&builder);
         let endpoint = Arc::clone(&endpoint);
         let accepted = Instant::now();
-        tokio::spawn(async move {
-            if !protocol_known_in_time(&stream, limits.read_timeout).await {
+        connections.spawn(async move {
+            let Some(protocol) = protocol_in_time(&stream, limits.read_timeout).await else {
                 return;
-            }
+            };
             let sniffed = accepted.elapsed();
             let builder = if sniffed < SNIFF_WITHIN {
                 builder
@@ -111,11 +127,15 @@ pub async fn serve(
                 Arc::new(connection_builder(limits, left))
             };
             let linger = LingerOnClose::default();
+            let activity = Activity::new();
             let io = TokioIo::new(Lingering::new(stream, linger.clone()));
+            let in_service = Arc::clone(&activity);
             let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
                 let endpoint = Arc::clone(&endpoint);
                 let linger = linger.clone();
+                let in_progress = in_service.begin();
                 async move {
+                    let _in_progress = in_progress;
                     let mut request = poem::Request::from((
                         request,
                         LocalAddr(Addr::SocketAddr(local)),
@@ -130,23 +150,69 @@ pub async fn serve(
                 }
             });
             let connection = builder.serve_connection(io, service);
-            if let Err(e) = watcher.watch(connection).await {
+            tokio::pin!(connection);
+            // Idle HTTP/2 connections are asked to close, and dropped one read timeout later if
+            // they have not.
+            let watch_idle = protocol == Protocol::Http2;
+            let mut closing = false;
+            let mut cut_at = None;
+            let ended = loop {
+                tokio::select! {
+                    ended = connection.as_mut() => break ended,
+                    // The server-wide grace period bounds what follows.
+                    () = stop.cancelled(), if !closing => {
+                        connection.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                    () = activity.idle_for(limits.read_timeout), if watch_idle && !closing => {
+                        tracing::debug!(remote = %remote, "idle HTTP/2 connection closed");
+                        connection.as_mut().graceful_shutdown();
+                        closing = true;
+                        cut_at = Some(tokio::time::Instant::now() + GOAWAY_WITHIN);
+                    }
+                    // Dropped only while still idle: a request that came in meanwhile finishes.
+                    () = sleep_until_some(cut_at) => {
+                        if activity.is_idle() {
+                            break Ok(());
+                        }
+                        cut_at = Some(tokio::time::Instant::now() + GOAWAY_WITHIN);
+                    }
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!(remote = %remote, error = %e, "connection ended with an error");
             }
         });
     }
     drop(listener);
     tracing::info!(
-        connections = graceful.count(),
+        connections = connections.len(),
         "stopped accepting; finishing open requests"
     );
-    if tokio::time::timeout(grace, graceful.shutdown())
+    stop.cancel();
+    connections.close();
+    if tokio::time::timeout(grace, connections.wait())
         .await
         .is_err()
     {
         tracing::warn!("grace period over; closing the remaining connections");
     }
     Ok(())
+}
+
+/// Sleeps until `deadline`; for ever without one.
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What a connection's first bytes said it speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    Http2,
 }
 
 /// hyper's connection settings: timers and limits as described in the module doc, with
@@ -180,18 +246,21 @@ fn connection_builder(
 /// hyper-util's sniff has no timer of its own: a client that connects and sends nothing (or
 /// half of the HTTP/2 preface) would otherwise hold the connection for ever. HTTP/1 is known
 /// from the first byte that differs from the preface, which for every method is the first or
-/// second one. False when the client sent nothing usable in time or went away.
-async fn protocol_known_in_time(stream: &TcpStream, limit: Duration) -> bool {
+/// second one. `None` when the client sent nothing usable in time or went away.
+async fn protocol_in_time(stream: &TcpStream, limit: Duration) -> Option<Protocol> {
     let sniff = async {
         let mut buffer = [0_u8; H2_PREFACE.len()];
         loop {
             match stream.peek(&mut buffer).await {
-                Ok(0) | Err(_) => return false,
-                Ok(n) if n == H2_PREFACE.len() || buffer[..n] != H2_PREFACE[..n] => return true,
+                Ok(0) | Err(_) => return None,
+                Ok(n) if n == H2_PREFACE.len() && buffer == *H2_PREFACE => {
+                    return Some(Protocol::Http2);
+                }
+                Ok(n) if buffer[..n] != H2_PREFACE[..n] => return Some(Protocol::Http1),
                 // A prefix of the HTTP/2 preface: wait for more (peek would return at once).
                 Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
             }
         }
     };
-    tokio::time::timeout(limit, sniff).await.unwrap_or(false)
+    tokio::time::timeout(limit, sniff).await.unwrap_or(None)
 }

@@ -236,6 +236,79 @@ async fn trickling_clients_are_cut_off_after_the_read_timeout() {
     assert!(body.0.contains("application/problem+json"), "{}", body.0);
 }
 
+/// HTTP/2 has no head timer in hyper, and its keep-alive pings end only a client that does not
+/// answer them. A client whose library answers them but sends no request, and one stuck in the
+/// middle of a header frame, are closed once the connection has had no request in progress for
+/// the read timeout; a client that keeps sending requests keeps its connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_and_trickling_http2_connections_are_closed_after_the_read_timeout() {
+    let (_db, vars) = api_vars(&[("AI_AGENTS_CLIENT_READ_TIMEOUT_SECS", "2")]).await;
+    let api = ApiProcess::start(vars).await;
+    let limit = Duration::from_secs(8);
+    let health = || {
+        http::Request::get(format!("http://{}/health", api.addr))
+            .body(())
+            .expect("request")
+    };
+    let connect = || async {
+        let tcp = TcpStream::connect(api.addr).await.expect("connect");
+        let (client, connection) = h2::client::handshake(tcp).await.expect("HTTP/2 handshake");
+        (client, tokio::spawn(connection))
+    };
+    // One request, then nothing; the client library answers the server's pings.
+    let idle = async {
+        let (client, connection) = connect().await;
+        let mut client = client.ready().await.expect("ready");
+        let (response, _) = client.send_request(health(), true).expect("sent");
+        assert_eq!(response.await.expect("answered").status(), 200);
+        let answered = Instant::now();
+        let closed = tokio::time::timeout(limit, connection).await.is_ok();
+        closed.then(|| answered.elapsed())
+    };
+    // A request every 500 ms for 5 s.
+    let busy = async {
+        let (mut client, connection) = connect().await;
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            client = client.ready().await.expect("still open");
+            let (response, _) = client.send_request(health(), true).expect("sent");
+            assert_eq!(response.await.expect("answered").status(), 200);
+        }
+        !connection.is_finished()
+    };
+    // A header frame announced, its bytes sent one every 300 ms (so no ping can be answered).
+    let frames = format!(
+        "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n{}{}",
+        "\0\0\0\u{4}\0\0\0\0\0",      // SETTINGS, empty
+        "\0\0d\u{1}\u{5}\0\0\0\u{1}"  // HEADERS of 100 bytes, stream 1, END_HEADERS|END_STREAM
+    );
+    let trickling = trickle(api.addr, Duration::ZERO, frames, "a", limit);
+    let (idle, busy, (_, trickling)) = tokio::join!(idle, busy, trickling);
+    for (what, closed) in [
+        ("idle after one request, answering pings", idle),
+        ("trickling a header frame", trickling),
+    ] {
+        println!(
+            "HTTP/2, read timeout 2 s, client {what}: connection closed after {}",
+            closed.map_or("(still open)".to_owned(), |d| format!(
+                "{:.1} s",
+                d.as_secs_f64()
+            ))
+        );
+        let closed = closed.unwrap_or_else(|| panic!("{what}: still connected after {limit:?}"));
+        assert!(
+            closed >= Duration::from_millis(1500),
+            "{what}: closed early ({closed:?})"
+        );
+        assert!(
+            closed < Duration::from_millis(3000),
+            "{what}: closed late ({closed:?})"
+        );
+    }
+    println!("HTTP/2, a request every 500 ms for 5 s: connection kept: {busy}");
+    assert!(busy, "a busy HTTP/2 connection was closed");
+}
+
 /// Sends `head`, then `body_bytes` bytes of body in 1 MiB pieces, all before reading (as most
 /// clients do), then reads the answer: what was received, and the first error on either side.
 async fn send_all_then_read(
