@@ -179,6 +179,27 @@ async fn trickle(
     (String::from_utf8_lossy(&received).into_owned(), closed)
 }
 
+/// Prints when the connection of `what` closed (`None`: still open after `limit`) and checks
+/// that it was after about the read timeout of 2 s, not before it and not long after.
+fn closed_after_the_read_timeout(what: &str, closed: Option<Duration>, limit: Duration) {
+    println!(
+        "read timeout 2 s, {what}: connection closed after {}",
+        closed.map_or("(still open)".to_owned(), |d| format!(
+            "{:.1} s",
+            d.as_secs_f64()
+        ))
+    );
+    let closed = closed.unwrap_or_else(|| panic!("{what}: still connected after {limit:?}"));
+    assert!(
+        closed >= Duration::from_millis(1500),
+        "{what}: closed early ({closed:?})"
+    );
+    assert!(
+        closed < Duration::from_millis(3000),
+        "{what}: closed late ({closed:?})"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn trickling_clients_are_cut_off_after_the_read_timeout() {
     let (_db, vars) = api_vars(&[("AI_AGENTS_CLIENT_READ_TIMEOUT_SECS", "2")]).await;
@@ -213,22 +234,7 @@ async fn trickling_clients_are_cut_off_after_the_read_timeout() {
         ("nothing at all", &silent),
         ("half an HTTP/2 preface", &preface),
     ] {
-        println!(
-            "read timeout 2 s, client sending {what}: connection closed after {}",
-            closed.map_or("(still open)".to_owned(), |d| format!(
-                "{:.1} s",
-                d.as_secs_f64()
-            ))
-        );
-        let closed = closed.unwrap_or_else(|| panic!("{what}: still connected after {limit:?}"));
-        assert!(
-            closed >= Duration::from_millis(1500),
-            "{what}: closed early ({closed:?})"
-        );
-        assert!(
-            closed < Duration::from_millis(3000),
-            "{what}: closed late ({closed:?})"
-        );
+        closed_after_the_read_timeout(&format!("client sending {what}"), *closed, limit);
         assert!(!answer.starts_with("HTTP/1.1 2"), "{what}: {answer}");
     }
     // Where an answer can still be written, it is a problem+json 408.
@@ -288,22 +294,7 @@ async fn idle_and_trickling_http2_connections_are_closed_after_the_read_timeout(
         ("idle after one request, answering pings", idle),
         ("trickling a header frame", trickling),
     ] {
-        println!(
-            "HTTP/2, read timeout 2 s, client {what}: connection closed after {}",
-            closed.map_or("(still open)".to_owned(), |d| format!(
-                "{:.1} s",
-                d.as_secs_f64()
-            ))
-        );
-        let closed = closed.unwrap_or_else(|| panic!("{what}: still connected after {limit:?}"));
-        assert!(
-            closed >= Duration::from_millis(1500),
-            "{what}: closed early ({closed:?})"
-        );
-        assert!(
-            closed < Duration::from_millis(3000),
-            "{what}: closed late ({closed:?})"
-        );
+        closed_after_the_read_timeout(&format!("HTTP/2, client {what}"), closed, limit);
     }
     println!("HTTP/2, a request every 500 ms for 5 s: connection kept: {busy}");
     assert!(busy, "a busy HTTP/2 connection was closed");
