@@ -17,7 +17,8 @@
 //!   of hyper's empty one; only heads beyond [`MAX_HEAD_BYTES`] still get hyper's bare answer;
 //! * on HTTP/2, which has no head timer in hyper, an idle deadline ([`super::idle`]): a
 //!   connection with no request in progress for `AI_AGENTS_CLIENT_READ_TIMEOUT_SECS` is closed
-//!   (`GOAWAY`, then dropped within [`GOAWAY_WITHIN`] if the client holds on and is still idle). hyper's keep-alive pings end a client that
+//!   (`GOAWAY`, then dropped within [`GOAWAY_WITHIN`] if the client holds on, is still idle and
+//!   has been sent every byte of its answers). hyper's keep-alive pings end a client that
 //!   does not answer them, but not one whose library does while it sends nothing, or trickles a
 //!   request's header block in `CONTINUATION` frames (no request is in progress until the block
 //!   is complete);
@@ -40,7 +41,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, combinators::BoxBody};
 use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -51,7 +52,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::{
-    idle::Activity,
+    idle::{Activity, Counted},
     linger::{LingerOnClose, Lingering},
 };
 
@@ -127,13 +128,18 @@ pub async fn serve(
                 Arc::new(connection_builder(limits, left))
             };
             let linger = LingerOnClose::default();
-            let activity = Activity::new();
-            let io = TokioIo::new(Lingering::new(stream, linger.clone()));
+            // Idle from the accept, like the HTTP/1 head timer.
+            let activity = Activity::since(accepted);
+            let io = TokioIo::new(Counted::new(
+                Lingering::new(stream, linger.clone()),
+                Arc::clone(&activity),
+            ));
             let in_service = Arc::clone(&activity);
             let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
                 let endpoint = Arc::clone(&endpoint);
                 let linger = linger.clone();
                 let in_progress = in_service.begin();
+                let owed = Arc::clone(&in_service);
                 async move {
                     let _in_progress = in_progress;
                     let mut request = poem::Request::from((
@@ -144,9 +150,15 @@ pub async fn serve(
                     ));
                     request.extensions_mut().insert(linger);
                     let response = endpoint.get_response(request).await;
-                    Ok::<_, Infallible>(http::Response::<BoxBody<Bytes, std::io::Error>>::from(
-                        response,
-                    ))
+                    let response = http::Response::<BoxBody<Bytes, std::io::Error>>::from(response);
+                    Ok::<_, Infallible>(response.map(|body| {
+                        BoxBody::new(body.map_frame(move |frame| {
+                            if let Some(data) = frame.data_ref() {
+                                owed.owe(data.len());
+                            }
+                            frame
+                        }))
+                    }))
                 }
             });
             let connection = builder.serve_connection(io, service);
@@ -170,9 +182,10 @@ pub async fn serve(
                         closing = true;
                         cut_at = Some(tokio::time::Instant::now() + GOAWAY_WITHIN);
                     }
-                    // Dropped only while still idle: a request that came in meanwhile finishes.
+                    // Dropped only while still idle and with every answer written: a request
+                    // that came in meanwhile, or a client still reading, gets its answer.
                     () = sleep_until_some(cut_at) => {
-                        if activity.is_idle() {
+                        if activity.is_idle() && !activity.has_unsent() {
                             break Ok(());
                         }
                         cut_at = Some(tokio::time::Instant::now() + GOAWAY_WITHIN);

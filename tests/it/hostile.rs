@@ -245,7 +245,8 @@ async fn trickling_clients_are_cut_off_after_the_read_timeout() {
 /// HTTP/2 has no head timer in hyper, and its keep-alive pings end only a client that does not
 /// answer them. A client whose library answers them but sends no request, and one stuck in the
 /// middle of a header frame, are closed once the connection has had no request in progress for
-/// the read timeout; a client that keeps sending requests keeps its connection.
+/// the read timeout, counted from the accept; a client that keeps sending requests, or is still
+/// receiving an answer, keeps its connection.
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_and_trickling_http2_connections_are_closed_after_the_read_timeout() {
     let (_db, vars) = api_vars(&[("AI_AGENTS_CLIENT_READ_TIMEOUT_SECS", "2")]).await;
@@ -282,22 +283,47 @@ async fn idle_and_trickling_http2_connections_are_closed_after_the_read_timeout(
         }
         !connection.is_finished()
     };
+    // A large answer (the docs page, over a megabyte) read only after 3 s: the connection
+    // window fills, and the answer is in progress until it has all been sent.
+    let slow_reader = async {
+        let (client, _connection) = connect().await;
+        let mut client = client.ready().await.expect("ready");
+        let docs = http::Request::get(format!("http://{}/docs", api.addr))
+            .body(())
+            .expect("request");
+        let (response, _) = client.send_request(docs, true).expect("sent");
+        let mut body = response.await.expect("answered").into_body();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let mut received = 0;
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.expect("the whole answer");
+            received += chunk.len();
+            let _ = body.flow_control().release_capacity(chunk.len());
+        }
+        received
+    };
     // A header frame announced, its bytes sent one every 300 ms (so no ping can be answered).
     let frames = format!(
         "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n{}{}",
         "\0\0\0\u{4}\0\0\0\0\0",      // SETTINGS, empty
         "\0\0d\u{1}\u{5}\0\0\0\u{1}"  // HEADERS of 100 bytes, stream 1, END_HEADERS|END_STREAM
     );
-    let trickling = trickle(api.addr, Duration::ZERO, frames, "a", limit);
-    let (idle, busy, (_, trickling)) = tokio::join!(idle, busy, trickling);
+    let trickling = trickle(api.addr, Duration::ZERO, frames.clone(), "a", limit);
+    // The preface and settings after 1.5 s, then nothing: the idle time counts from the accept.
+    let late = trickle(api.addr, Duration::from_millis(1500), frames, "", limit);
+    let (idle, busy, slow_reader, (_, trickling), (_, late)) =
+        tokio::join!(idle, busy, slow_reader, trickling, late);
     for (what, closed) in [
         ("idle after one request, answering pings", idle),
         ("trickling a header frame", trickling),
+        ("sending its preface after 1.5 s, then nothing", late),
     ] {
         closed_after_the_read_timeout(&format!("HTTP/2, client {what}"), closed, limit);
     }
     println!("HTTP/2, a request every 500 ms for 5 s: connection kept: {busy}");
     assert!(busy, "a busy HTTP/2 connection was closed");
+    println!("HTTP/2, the docs page read after 3 s: {slow_reader} bytes received");
+    assert!(slow_reader > 1_000_000, "{slow_reader} bytes");
 }
 
 /// Sends `head`, then `body_bytes` bytes of body in 1 MiB pieces, all before reading (as most
