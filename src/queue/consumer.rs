@@ -257,7 +257,7 @@ impl Consumer {
     pub async fn heartbeat(&self) -> Result<(), QueueError> {
         let mut set = redis::cmd("SET");
         set.arg(self.queue.keys().alive(&self.name))
-            .arg(1)
+            .arg(self.origin.heartbeat_value())
             .arg("PX")
             .arg(u64::try_from(HEARTBEAT_TTL.as_millis()).unwrap_or(10_000));
         let _: Value = self.queue.redis().query(&set).await?;
@@ -277,11 +277,19 @@ impl Consumer {
     }
 
     /// Puts back, one attempt further, the jobs held by dead workers (heartbeat expired, or
-    /// reading connection gone with the heartbeat overdue or the process ended on this host) and the jobs any worker has held
+    /// reading connection gone with the heartbeat overdue or, at start, the process ended on
+    /// this host) and the jobs any worker has held
     /// longer than `reclaim_after` without settling them (which a live worker never does: its
     /// hard time limit ends every job sooner). Forgets dead consumers with nothing pending.
     /// Returns how many jobs went back.
-    pub async fn reclaim(&self, reclaim_after: Duration) -> Result<u64, QueueError> {
+    ///
+    /// `at_start`: this process has just started, so a consumer of this host that has ended
+    /// may be its predecessor, dead at once ([`Origin::saw_end_of`]).
+    pub async fn reclaim(
+        &self,
+        reclaim_after: Duration,
+        at_start: bool,
+    ) -> Result<u64, QueueError> {
         let keys = self.queue.keys();
         let redis = self.queue.redis();
         let mut info = redis::cmd("XINFO");
@@ -302,7 +310,7 @@ impl Consumer {
                 Some(Value::Int(n)) => *n,
                 _ => 0,
             };
-            if !self.is_dead(&name, connected.as_ref()).await? {
+            if !self.is_dead(&name, connected.as_ref(), at_start).await? {
                 continue;
             }
             if pending > 0 {
@@ -330,14 +338,15 @@ impl Consumer {
     }
 
     /// Whether consumer `name` is dead: no heartbeat, or its reading connection gone (when
-    /// `connected` lists the connections) and either its beat overdue or its process ended on
-    /// this host ([`Origin::saw_end_of`]). A worker killed outright still has a heartbeat for a
+    /// `connected` lists the connections) and either its beat overdue or, `at_start`, its
+    /// process ended on this host ([`Origin::saw_end_of`]). A worker killed outright still has a heartbeat for a
     /// few seconds, but its connection is gone at once; a worker that is only reconnecting its
     /// reader keeps beating, so its jobs stay where they are.
     async fn is_dead(
         &self,
         name: &str,
         connected: Option<&HashSet<String>>,
+        at_start: bool,
     ) -> Result<bool, QueueError> {
         let keys = self.queue.keys();
         // Milliseconds left on its heartbeat (-2: none).
@@ -350,9 +359,15 @@ impl Consumer {
             heartbeat_ttl < i64::try_from(HEARTBEAT_TTL.as_millis()).unwrap_or(10_000) - 4_500;
         let client = format!("{}:{name}", keys.jobs);
         let connected = connected.is_none_or(|names| names.contains(&client));
-        // Its connection gone and its process ended on this host: dead, whatever its beat.
-        if !connected && self.origin.saw_end_of(name) {
-            return Ok(true);
+        // At start-up, its connection gone and its process ended on this host: dead, whatever
+        // its beat.
+        if !connected && at_start {
+            let mut beat = redis::cmd("GET");
+            beat.arg(keys.alive(name));
+            let beat: Option<String> = self.queue.redis().query(&beat).await?;
+            if self.origin.saw_end_of(name, beat.as_deref()) {
+                return Ok(true);
+            }
         }
         Ok(!(alive && (connected || !beat_overdue)))
     }

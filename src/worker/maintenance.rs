@@ -41,7 +41,7 @@ pub(super) async fn run(shared: Arc<Shared>, shutdown: CancellationToken, stop: 
         let working = !shutdown.is_cancelled();
         tokio::select! {
             () = stop.cancelled() => break,
-            _ = beat.tick() => heartbeat_and_reclaim(&shared).await,
+            _ = beat.tick() => heartbeat_and_reclaim(&shared, false).await,
             _ = promote.tick(), if working => {
                 if let Err(e) = shared.consumer.promote_due_retries().await {
                     tracing::warn!(error = &e as &dyn std::error::Error, "retry promotion failed");
@@ -96,14 +96,18 @@ async fn sweep_once(shared: Arc<Shared>) {
 }
 
 /// Heartbeat, reclaim, and the entries of lost reads; failures are logged and tried again next
-/// time.
-pub(super) async fn heartbeat_and_reclaim(shared: &Shared) {
+/// time. `at_start`: the first run of this process, which takes back at once the jobs of a
+/// predecessor that ended on this host.
+pub(super) async fn heartbeat_and_reclaim(shared: &Shared, at_start: bool) {
     let consumer = &shared.consumer;
     if let Err(e) = consumer.heartbeat().await {
         tracing::warn!(error = &e as &dyn std::error::Error, "heartbeat failed");
         return;
     }
-    match consumer.reclaim(shared.settings.reclaim_after).await {
+    match consumer
+        .reclaim(shared.settings.reclaim_after, at_start)
+        .await
+    {
         Ok(0) => {}
         Ok(n) => tracing::warn!(
             count = n,

@@ -176,7 +176,7 @@ impl Worker {
             return Ok(());
         }
         // Jobs of workers that died while we were away come back before we start reading.
-        maintenance::heartbeat_and_reclaim(&shared).await;
+        maintenance::heartbeat_and_reclaim(&shared, true).await;
         tracing::info!(consumer = %shared.consumer.name(), "worker ready");
 
         // Maintenance outlives the shutdown signal: the heartbeat must keep beating while
