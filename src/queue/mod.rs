@@ -114,6 +114,11 @@ pub struct QueueStats {
 /// A stream entry as read: id and raw fields (kept as bytes: not every payload is UTF-8).
 pub(crate) type StreamEntry = (String, HashMap<Vec<u8>, Vec<u8>>);
 
+/// The job of a stream entry; `None` when its payload is missing or does not decode.
+fn job_of((_, fields): &StreamEntry) -> Option<Job> {
+    Job::decode(std::str::from_utf8(fields.get(b"job".as_slice())?).ok()?).ok()
+}
+
 /// The enhancements whose jobs are queued, read at one moment ([`Queue::queued_jobs`]).
 #[derive(Debug)]
 pub enum QueuedJobs {
@@ -232,11 +237,8 @@ impl Queue {
         Ok(self
             .oldest_entries(count)
             .await?
-            .into_iter()
-            .filter_map(|(_, fields)| {
-                let raw = fields.get(b"job".as_slice())?;
-                Job::decode(std::str::from_utf8(raw).ok()?).ok()
-            })
+            .iter()
+            .filter_map(job_of)
             .collect())
     }
 
@@ -273,9 +275,7 @@ impl Queue {
         if entries.len() > cap || retrying.len() > cap {
             return Ok(QueuedJobs::TooMany);
         }
-        let in_stream = entries.iter().filter_map(|(_, fields)| {
-            Job::decode(std::str::from_utf8(fields.get(b"job".as_slice())?).ok()?).ok()
-        });
+        let in_stream = entries.iter().filter_map(job_of);
         let in_schedule = retrying.iter().filter_map(|raw| Job::decode(raw).ok());
         Ok(QueuedJobs::Seen(
             in_stream
