@@ -102,23 +102,21 @@ impl Activity {
     }
 }
 
-/// A socket whose writes are counted into its connection's [`Activity`].
+/// A socket whose writes are counted into its connection's [`Activity`], if it has one.
 pub struct Counted<T> {
     io: T,
-    activity: Arc<Activity>,
+    activity: Option<Arc<Activity>>,
 }
 
 impl<T> Counted<T> {
-    /// Wraps `io`, counting its writes into `activity`.
-    pub fn new(io: T, activity: Arc<Activity>) -> Self {
+    /// Wraps `io`, counting its writes into `activity` (none: counting nothing).
+    pub fn new(io: T, activity: Option<Arc<Activity>>) -> Self {
         Self { io, activity }
     }
 
     fn count(&self, written: &Poll<io::Result<usize>>) {
-        if let Poll::Ready(Ok(n)) = written {
-            self.activity
-                .written
-                .fetch_add(*n as u64, Ordering::Relaxed);
+        if let (Some(activity), Poll::Ready(Ok(n))) = (&self.activity, written) {
+            activity.written.fetch_add(*n as u64, Ordering::Relaxed);
         }
     }
 }

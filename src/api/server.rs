@@ -128,18 +128,19 @@ pub async fn serve(
                 Arc::new(connection_builder(limits, left))
             };
             let linger = LingerOnClose::default();
-            // Idle from the accept, like the HTTP/1 head timer.
-            let activity = Activity::since(accepted);
+            // Only HTTP/2 needs the idle watch (HTTP/1 has hyper's head timer); idle from the
+            // accept, like that timer.
+            let watch = (protocol == Protocol::Http2).then(|| Activity::since(accepted));
             let io = TokioIo::new(Counted::new(
                 Lingering::new(stream, linger.clone()),
-                Arc::clone(&activity),
+                watch.clone(),
             ));
-            let in_service = Arc::clone(&activity);
+            let in_service = watch.clone();
             let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
                 let endpoint = Arc::clone(&endpoint);
                 let linger = linger.clone();
-                let in_progress = in_service.begin();
-                let owed = Arc::clone(&in_service);
+                let in_progress = in_service.as_ref().map(Activity::begin);
+                let owed = in_service.clone();
                 async move {
                     let _in_progress = in_progress;
                     let mut request = poem::Request::from((
@@ -151,7 +152,10 @@ pub async fn serve(
                     request.extensions_mut().insert(linger);
                     let response = endpoint.get_response(request).await;
                     let response = http::Response::<BoxBody<Bytes, std::io::Error>>::from(response);
-                    Ok::<_, Infallible>(response.map(|body| {
+                    let Some(owed) = owed else {
+                        return Ok::<_, Infallible>(response);
+                    };
+                    Ok(response.map(|body| {
                         BoxBody::new(body.map_frame(move |frame| {
                             if let Some(data) = frame.data_ref() {
                                 owed.owe(data.len());
@@ -163,9 +167,8 @@ pub async fn serve(
             });
             let connection = builder.serve_connection(io, service);
             tokio::pin!(connection);
-            // Idle HTTP/2 connections are asked to close, and dropped one read timeout later if
-            // they have not.
-            let watch_idle = protocol == Protocol::Http2;
+            // Idle HTTP/2 connections are asked to close, and dropped [`GOAWAY_WITHIN`] later
+            // if they have not.
             let mut closing = false;
             let mut cut_at = None;
             let ended = loop {
@@ -176,7 +179,7 @@ pub async fn serve(
                         connection.as_mut().graceful_shutdown();
                         closing = true;
                     }
-                    () = activity.idle_for(limits.read_timeout), if watch_idle && !closing => {
+                    () = idle_for(watch.as_deref(), limits.read_timeout), if !closing => {
                         tracing::debug!(remote = %remote, "idle HTTP/2 connection closed");
                         connection.as_mut().graceful_shutdown();
                         closing = true;
@@ -185,7 +188,7 @@ pub async fn serve(
                     // Dropped only while still idle and with every answer written: a request
                     // that came in meanwhile, or a client still reading, gets its answer.
                     () = sleep_until_some(cut_at) => {
-                        if activity.is_idle() && !activity.has_unsent() {
+                        if watch.as_ref().is_none_or(|w| w.is_idle() && !w.has_unsent()) {
                             break Ok(());
                         }
                         cut_at = Some(tokio::time::Instant::now() + GOAWAY_WITHIN);
@@ -211,6 +214,14 @@ pub async fn serve(
         tracing::warn!("grace period over; closing the remaining connections");
     }
     Ok(())
+}
+
+/// Resolves once `watch` says its connection has been idle for `limit`; never without a watch.
+async fn idle_for(watch: Option<&Activity>, limit: Duration) {
+    match watch {
+        Some(watch) => watch.idle_for(limit).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Sleeps until `deadline`; for ever without one.
