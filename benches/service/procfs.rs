@@ -15,8 +15,8 @@ use crate::{Res, services::Services};
 #[path = "../../tests/it/helpers/procfs.rs"]
 mod readers;
 
+use readers::{MachineTicks, machine_ticks, percent};
 pub use readers::{children_of, cores, load_average, proc_ticks};
-use readers::{machine_busy_ticks, percent};
 
 /// The first line a program prints (stdout, else stderr), or nothing when it cannot run.
 pub fn command_line(cmd: &str, args: &[&str]) -> String {
@@ -51,8 +51,10 @@ pub struct CpuShare {
     pub postgres: f64,
     /// The redis-server.
     pub redis: f64,
-    /// The whole machine (busy, all processes).
+    /// The whole machine (busy, all processes, and the time stolen by the host).
     pub machine: f64,
+    /// Stolen by the host for other guests (part of `machine`).
+    pub steal: f64,
 }
 
 impl CpuShare {
@@ -60,12 +62,13 @@ impl CpuShare {
     pub fn line(&self, server: &str) -> String {
         let ours = self.load + self.server + self.postgres + self.redis;
         format!(
-            "CPU %: load generator {:.0}, {server} {:.0}, postgres {:.0}, redis {:.0}, other processes {:.0}, idle {:.0} (of {})",
+            "CPU %: load generator {:.0}, {server} {:.0}, postgres {:.0}, redis {:.0}, other processes {:.0}, stolen by the host {:.0}, idle {:.0} (of {})",
             self.load,
             self.server,
             self.postgres,
             self.redis,
-            (self.machine - ours).max(0.0),
+            (self.machine - ours - self.steal).max(0.0),
+            self.steal,
             (cores() as f64 * 100.0 - self.machine).max(0.0),
             cores() * 100
         )
@@ -82,8 +85,8 @@ pub struct CpuSnapshot {
     pub postgres: u64,
     /// Ticks of Redis.
     pub redis: u64,
-    /// Busy ticks of the machine.
-    pub machine_busy: u64,
+    /// Ticks of the machine.
+    pub machine: MachineTicks,
 }
 
 impl CpuSnapshot {
@@ -104,7 +107,7 @@ impl CpuSnapshot {
             redis: services
                 .redis_pid()
                 .map_or(0, |p| proc_ticks(&p.to_string())),
-            machine_busy: machine_busy_ticks(),
+            machine: machine_ticks(),
         }
     }
 
@@ -117,7 +120,8 @@ impl CpuSnapshot {
             server: pct(end.server.saturating_sub(self.server)),
             postgres: pct(end.postgres.saturating_sub(self.postgres)),
             redis: pct(end.redis.saturating_sub(self.redis)),
-            machine: pct(end.machine_busy.saturating_sub(self.machine_busy)),
+            machine: pct(end.machine.busy.saturating_sub(self.machine.busy)),
+            steal: pct(end.machine.steal.saturating_sub(self.machine.steal)),
         }
     }
 }

@@ -48,6 +48,8 @@ struct Drain {
     /// This test process (its polling), counted out of "other".
     cpu_self: f64,
     cpu_machine: f64,
+    /// Stolen by the host for other guests (part of `cpu_machine`).
+    cpu_steal: f64,
     load_average: String,
 }
 
@@ -57,7 +59,8 @@ impl Drain {
         let ours = self.cpu_workers
             + self.cpu_postgres.unwrap_or(0.0)
             + self.cpu_redis.unwrap_or(0.0)
-            + self.cpu_self;
+            + self.cpu_self
+            + self.cpu_steal;
         (self.cpu_machine - ours).max(0.0)
     }
 }
@@ -128,7 +131,7 @@ async fn drain(
     let redis = redis_pid().await;
     let before_pg = ticks_of(&postgres);
     let before_redis = redis.map(|p| procfs::proc_ticks(&p.to_string()));
-    let before_machine = procfs::machine_busy_ticks();
+    let before_machine = procfs::machine_ticks();
     let before_self = procfs::proc_ticks("self");
     let load_average = procfs::load_average();
     let started = Instant::now();
@@ -158,6 +161,7 @@ async fn drain(
         *ticks = procfs::proc_ticks(&pid.to_string()).max(*ticks);
     }
     let after_pg = ticks_of(&postgres_pids(owner).await);
+    let after_machine = procfs::machine_ticks();
     let row = Drain {
         workers,
         seconds: elapsed.as_secs_f64(),
@@ -180,7 +184,11 @@ async fn drain(
             elapsed,
         ),
         cpu_machine: procfs::percent(
-            procfs::machine_busy_ticks().saturating_sub(before_machine),
+            after_machine.busy.saturating_sub(before_machine.busy),
+            elapsed,
+        ),
+        cpu_steal: procfs::percent(
+            after_machine.steal.saturating_sub(before_machine.steal),
             elapsed,
         ),
         load_average,
@@ -318,14 +326,14 @@ fn print_table(jobs: usize, concurrency: &str, versions: &str, rows: &[Drain]) {
         procfs::cores()
     );
     eprintln!(
-        "| workers | drain s | jobs/s | speed-up | CPU % workers | postgres | redis | other processes | machine busy (of {}) | load average before |",
+        "| workers | drain s | jobs/s | speed-up | CPU % workers | postgres | redis | other processes | stolen by the host | machine busy (of {}) | load average before |",
         procfs::cores() * 100
     );
-    eprintln!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    eprintln!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for r in rows {
         let rate = jobs as f64 / r.seconds;
         eprintln!(
-            "| {} | {:.2} | {:.0} | {:.2}× | {:.0} | {} | {} | {:.0} | {:.0} | {} |",
+            "| {} | {:.2} | {:.0} | {:.2}× | {:.0} | {} | {} | {:.0} | {:.0} | {:.0} | {} |",
             r.workers,
             r.seconds,
             rate,
@@ -334,6 +342,7 @@ fn print_table(jobs: usize, concurrency: &str, versions: &str, rows: &[Drain]) {
             cpu(r.cpu_postgres),
             cpu(r.cpu_redis),
             r.cpu_other(),
+            r.cpu_steal,
             r.cpu_machine,
             r.load_average
         );
