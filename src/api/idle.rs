@@ -4,10 +4,11 @@
 //! client that does not answer them. The connection loop ([`super::server`]) closes an HTTP/2
 //! connection that has had no request in progress for the read timeout, so that a client
 //! cannot hold one for ever by answering pings, or by trickling a header block. A request is
-//! in progress from the moment its head is complete until hyper is done with its answer's body,
-//! and a new connection is idle from its accept (like the HTTP/1 head timer). An idle connection
-//! asked to close is dropped only once every byte of its answers has been written ([`Counted`]):
-//! a client still reading a large answer, however slowly, gets all of it.
+//! in progress from the moment its head is complete until its handler has returned the answer,
+//! and a new connection is idle from its accept (like the HTTP/1 head timer). What hyper still
+//! has to send of an answer is counted apart: an idle connection asked to close is dropped only
+//! once every byte of its answers has been written ([`Counted`]), so a client still reading a
+//! large answer, however slowly, gets all of it.
 
 use std::{
     io,

@@ -349,10 +349,14 @@ impl Consumer {
         at_start: bool,
     ) -> Result<bool, QueueError> {
         let keys = self.queue.keys();
-        // Milliseconds left on its heartbeat (-2: none).
-        let mut pttl = redis::cmd("PTTL");
-        pttl.arg(keys.alive(name));
-        let heartbeat_ttl: i64 = self.queue.redis().query(&pttl).await?;
+        // Milliseconds left on its heartbeat (-2: none), and what it holds, in one round trip.
+        let mut read = redis::pipe();
+        read.cmd("PTTL")
+            .arg(keys.alive(name))
+            .cmd("GET")
+            .arg(keys.alive(name));
+        let (heartbeat_ttl, beat): (i64, Option<String>) =
+            self.queue.redis().query_pipe(&read).await?;
         let alive = heartbeat_ttl > 0;
         // Its last beat is older than two maintenance periods.
         let beat_overdue =
@@ -361,13 +365,8 @@ impl Consumer {
         let connected = connected.is_none_or(|names| names.contains(&client));
         // At start-up, its connection gone and its process ended on this host: dead, whatever
         // its beat.
-        if !connected && at_start {
-            let mut beat = redis::cmd("GET");
-            beat.arg(keys.alive(name));
-            let beat: Option<String> = self.queue.redis().query(&beat).await?;
-            if self.origin.saw_end_of(name, beat.as_deref()) {
-                return Ok(true);
-            }
+        if !connected && at_start && self.origin.saw_end_of(name, beat.as_deref()) {
+            return Ok(true);
         }
         Ok(!(alive && (connected || !beat_overdue)))
     }
