@@ -22,8 +22,9 @@ use crate::{
     settings::Settings,
 };
 
-/// `n` pending rows (one INSERT) and their jobs (pipelined XADDs), before any consumer starts.
-pub async fn seed_jobs(s: &Settings, pool: &PgPool, prefix: &str, n: usize) -> Res<Vec<Uuid>> {
+/// `n` pending rows (one INSERT) and the stream's consumer group, before any consumer starts;
+/// their jobs are queued by [`queue_jobs`].
+pub async fn seed_rows(s: &Settings, pool: &PgPool, prefix: &str, n: usize) -> Res<Vec<Uuid>> {
     let ids: Vec<Uuid> = (0..n).map(|_| Uuid::now_v7()).collect();
     let mut tx = TenantTx::begin(pool, &bench_tenant()).await?;
     sqlx::query(
@@ -44,15 +45,21 @@ pub async fn seed_jobs(s: &Settings, pool: &PgPool, prefix: &str, n: usize) -> R
     owner.close().await.ok();
 
     let mut conn = redis_conn(s).await?;
-    let stream = format!("{prefix}:jobs");
     let _: redis::Value = redis::cmd("XGROUP")
         .arg("CREATE")
-        .arg(&stream)
+        .arg(format!("{prefix}:jobs"))
         .arg(ai_agents::queue::GROUP)
         .arg("0")
         .arg("MKSTREAM")
         .query_async(&mut conn)
         .await?;
+    Ok(ids)
+}
+
+/// The jobs of `ids` (rows of [`seed_rows`]), queued with pipelined XADDs.
+pub async fn queue_jobs(s: &Settings, prefix: &str, ids: &[Uuid]) -> Res<()> {
+    let mut conn = redis_conn(s).await?;
+    let stream = format!("{prefix}:jobs");
     for chunk in ids.chunks(500) {
         let mut pipe = redis::pipe();
         for id in chunk {
@@ -69,7 +76,7 @@ pub async fn seed_jobs(s: &Settings, pool: &PgPool, prefix: &str, n: usize) -> R
         }
         let () = pipe.query_async(&mut conn).await?;
     }
-    Ok(ids)
+    Ok(())
 }
 
 /// How many of `ids` are `completed`.
@@ -109,22 +116,24 @@ fn drain_limit(s: &Settings) -> Duration {
     Duration::from_secs(if s.smoke { 60 } else { 180 })
 }
 
-/// Starts a worker on a stream already holding the jobs; time from exec until the stream is
-/// empty (every job acknowledged, which happens after its row is `completed`).
+/// How long a worker may take from its start until it reads.
+const READY_LIMIT: Duration = Duration::from_secs(30);
+
+/// A warm worker's drain, as Celery's figure was measured (its worker already up): starts a
+/// worker on the empty stream of [`seed_rows`] and waits until it reads (blocked in `XREADGROUP` on
+/// the empty stream), then queues the jobs of `ids` and times from the first XADD until the stream
+/// is empty (every job acknowledged, which happens after its row is `completed`). Also returns
+/// the worker's start-up: from its exec until it read.
 pub async fn worker_drain(
     s: &Settings,
     vars: &BTreeMap<String, String>,
     prefix: &str,
+    ids: &[Uuid],
     services: &Services,
-) -> Res<(Drain, Memory)> {
+) -> Res<(Drain, Memory, Duration)> {
     let stream = format!("{prefix}:jobs");
     let mut conn = redis_conn(s).await?;
-    let total: usize = redis::cmd("XLEN")
-        .arg(&stream)
-        .query_async(&mut conn)
-        .await?;
-    let before = CpuSnapshot::take(ProcessCpu::SelfProcess, services);
-    let started = Instant::now();
+    let exec = Instant::now();
     let mut worker = Proc::new(spawn(
         &s.bin("ai-agents-worker"),
         &[],
@@ -132,10 +141,16 @@ pub async fn worker_drain(
         s,
         "worker-drain",
     )?);
-    let before = CpuSnapshot {
-        server: 0,
-        ..before
-    };
+    while !blocked_in_read(&mut conn).await? {
+        if exec.elapsed() > READY_LIMIT {
+            return Err(format!("the worker did not read within {READY_LIMIT:?}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let start_up = exec.elapsed();
+    let before = CpuSnapshot::take(ProcessCpu::Pid(worker.pid), services);
+    let started = Instant::now();
+    queue_jobs(s, prefix, ids).await?;
     let mut timed_out = false;
     let mut left: usize;
     let mut server_ticks = 0;
@@ -152,7 +167,7 @@ pub async fn worker_drain(
             timed_out = true;
             break;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let seconds = started.elapsed().as_secs_f64();
     let mut after = CpuSnapshot::take(ProcessCpu::Pid(worker.pid), services);
@@ -162,12 +177,22 @@ pub async fn worker_drain(
     Ok((
         Drain {
             seconds,
-            jobs: total - left,
+            jobs: ids.len() - left,
             timed_out,
             cpu: before.share_until(&after, 0),
         },
         memory,
+        start_up,
     ))
+}
+
+/// Whether a client of Redis waits in `XREADGROUP` (the worker's reader on an empty stream:
+/// no other client of the bench blocks).
+async fn blocked_in_read(conn: &mut redis::aio::MultiplexedConnection) -> Res<bool> {
+    let clients: String = redis::cmd("CLIENT").arg("LIST").query_async(conn).await?;
+    Ok(clients.lines().any(|client| {
+        client.contains(" cmd=xreadgroup") && client.split(' ').any(|f| f == "flags=b")
+    }))
 }
 
 /// The raw ceiling of a drain: `concurrency` tasks, each with its own Redis connection, doing

@@ -19,6 +19,8 @@ pub mod python {
     pub const DRAIN_JOBS_S: f64 = 253.0;
     /// API start to first 200 from `/health/ready` (2026-11-30).
     pub const STARTUP_MS: f64 = 1400.0;
+    /// Celery worker start to ready (2026-11-30).
+    pub const WORKER_STARTUP_MS: f64 = 2990.0;
     /// Idle RSS of the API, 1 uvicorn worker (2026-11-30).
     pub const API_RSS_MIB: f64 = 97.6;
     /// Idle RSS of the Celery worker, 5 processes.

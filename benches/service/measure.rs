@@ -13,7 +13,7 @@ use crate::{
     Res, TENANT, TOKEN,
     binaries::{Proc, base_vars, create_tenant, launch_api, spawn, startup_once},
     ceilings::{hello_server, post_ceiling},
-    drain::{count_completed, raw_drain, seed_jobs, worker_drain},
+    drain::{count_completed, queue_jobs, raw_drain, seed_rows, worker_drain},
     procfs::{Memory, ProcessCpu, command_line, memory},
     report::Report,
     services::{Services, app_pool, create_database, redis_xlen},
@@ -250,6 +250,7 @@ async fn worker_figures(
     let pool = app_pool(s, run.db_name).await?;
     let mut drains = BTreeMap::new();
     let mut worker_loaded = None;
+    let mut start_ups = Vec::new();
     for concurrency in [4_usize, 16] {
         for raw in [false, true] {
             let label = if raw { "raw loop" } else { "worker" };
@@ -264,8 +265,9 @@ async fn worker_figures(
                 "drain-{}-{concurrency}",
                 if raw { "raw" } else { "w" }
             ));
-            let ids = seed_jobs(s, &pool, &prefix, s.drain_jobs).await?;
+            let ids = seed_rows(s, &pool, &prefix, s.drain_jobs).await?;
             let drain = if raw {
+                queue_jobs(s, &prefix, &ids).await?;
                 raw_drain(s, &pool, &prefix, concurrency, run.services).await?
             } else {
                 let mut v = vars.clone();
@@ -274,8 +276,10 @@ async fn worker_figures(
                     "AI_AGENTS_WORKER_CONCURRENCY".into(),
                     concurrency.to_string(),
                 );
-                let (drain, mem) = worker_drain(s, &v, &prefix, run.services).await?;
+                let (drain, mem, start_up) =
+                    worker_drain(s, &v, &prefix, &ids, run.services).await?;
                 worker_loaded = Some(mem);
+                start_ups.push(start_up);
                 drain
             };
             let completed = count_completed(&pool, &ids).await?;
@@ -289,6 +293,12 @@ async fn worker_figures(
         }
     }
     pool.close().await;
+    report.worker_startup(
+        &start_ups
+            .iter()
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .collect::<Vec<_>>(),
+    );
     report.drains(s, &drains);
     Ok((worker_idle, worker_loaded))
 }

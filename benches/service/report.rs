@@ -180,22 +180,18 @@ impl Report {
 
     /// The start-up figure: the median of `samples`.
     pub fn startup(&mut self, samples: &[f64]) {
-        let mut sorted = samples.to_vec();
-        sorted.sort_by(f64::total_cmp);
-        let median = if sorted.is_empty() {
-            0.0
-        } else if sorted.len().is_multiple_of(2) {
-            (sorted[sorted.len() / 2 - 1] + sorted[sorted.len() / 2]) / 2.0
-        } else {
-            sorted[sorted.len() / 2]
-        };
-        let mut f = Figure::new("startup_to_ready", median, "ms")
+        let f = Figure::new("startup_to_ready", median(samples), "ms")
             .python(python::STARTUP_MS)
             .budget(Budget::Below(100.0));
-        if let (Some(min), Some(max)) = (sorted.first(), sorted.last()) {
-            f = f.extra("min_ms", *min).extra("max_ms", *max);
-        }
-        self.figures.push(f);
+        self.figures.push(with_range(f, samples));
+    }
+
+    /// The worker's start-up before its drains: exec to its first read of the queue (Celery's
+    /// figure: start to "ready").
+    pub fn worker_startup(&mut self, samples: &[f64]) {
+        let f = Figure::new("worker_startup_to_read", median(samples), "ms")
+            .python(python::WORKER_STARTUP_MS);
+        self.figures.push(with_range(f, samples));
     }
 
     /// The drain figures, keyed (concurrency, raw loop?).
@@ -353,4 +349,25 @@ impl Report {
 fn drain_budget(concurrency: usize) -> Budget {
     let of_raw_loop = if concurrency >= 16 { 1.5 } else { 1.0 };
     Budget::OfCeilingAndPython(of_raw_loop, 15.0)
+}
+
+/// The middle of `samples` (0 when there are none).
+fn median(samples: &[f64]) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => 0.0,
+        n if n.is_multiple_of(2) => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+        n => sorted[n / 2],
+    }
+}
+
+/// `f` with the smallest and largest of its `samples`.
+fn with_range(f: Figure, samples: &[f64]) -> Figure {
+    let min = samples.iter().copied().reduce(f64::min);
+    let max = samples.iter().copied().reduce(f64::max);
+    match (min, max) {
+        (Some(min), Some(max)) => f.extra("min_ms", min).extra("max_ms", max),
+        _ => f,
+    }
 }
